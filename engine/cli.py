@@ -1,0 +1,105 @@
+"""The ``voice-engine`` command line: ``serve`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from engine.errors import EngineError
+from engine.loader import BUNDLED, load_stage_factory
+from engine.server import ServerConfig, VoiceServer
+
+__all__ = ["main"]
+
+log = logging.getLogger("engine")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voice-engine", description="Low-latency voice AI on Twilio Media Streams."
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the voice server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 = any)")
+    serve.add_argument(
+        "--public-url",
+        default=os.environ.get("PUBLIC_URL"),
+        help="base URL Twilio requests, e.g. https://x.example (env PUBLIC_URL; "
+        "default http://HOST:PORT)",
+    )
+    serve.add_argument(
+        "--pipeline",
+        default="turn-echo",
+        help=f"{' | '.join(BUNDLED)} | module:factory (default turn-echo)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without TWILIO_AUTH_TOKEN: no webhook signature checks (local use only)",
+    )
+
+    demo = commands.add_parser("demo", help="server + emulated Twilio call, no account needed")
+    demo.add_argument("--pipeline", default="turn-echo", help="pipeline to demo (default turn-echo)")
+    demo.add_argument(
+        "--say",
+        default="Hello! I would like to book a table for two people tomorrow evening.",
+        help="what the emulated caller says",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``voice-engine`` and ``python -m engine``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            config = ServerConfig(
+                stage_factory=load_stage_factory(args.pipeline),
+                auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+                host=args.host,
+                port=args.port,
+                public_url=args.public_url,
+                insecure=args.insecure,
+            )
+            trio.run(_serve, VoiceServer(config))
+        elif args.command == "demo":
+            from engine.demo import run_demo
+
+            return trio.run(run_demo, args.pipeline, args.say)
+    except EngineError as exc:
+        print(f"voice-engine: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(server: VoiceServer) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s: ending calls", signal.Signals(signum).name)
+                    server.shutdown()
+                    return
+
+            async def run(task_status: trio.TaskStatus[str]) -> None:
+                await server.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            url = await nursery.start(run)
+            print(f"voice-engine serving on {url}", flush=True)

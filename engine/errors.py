@@ -1,0 +1,80 @@
+"""The engine's error tree: one root, a few branches that say what to send back."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallRejected",
+    "ConfigError",
+    "ConnectionClosed",
+    "EngineError",
+    "ProtocolError",
+    "SignatureError",
+    "TokenError",
+    "UnknownEventError",
+]
+
+# WebSocket close codes (RFC 6455 §7.4.1) the engine uses.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """The engine was configured wrongly (missing auth token, unknown pipeline, bad value)."""
+
+
+class ProtocolError(EngineError):
+    """A peer broke the Media Streams protocol; ``close_code`` is the WebSocket code to close with."""
+
+    def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class UnknownEventError(ProtocolError):
+    """A well-formed message with an ``event`` this engine does not know.
+
+    Twilio may add events; a session counts these and carries on rather than ending the call.
+    """
+
+    def __init__(self, event: str) -> None:
+        super().__init__(f"unknown event {event!r}", 1003)
+        self.event = event
+
+
+class SignatureError(EngineError):
+    """A webhook's ``X-Twilio-Signature`` is missing or wrong: answer HTTP 403."""
+
+    http_status = 403
+
+
+class TokenError(EngineError):
+    """A media stream's access token is missing, forged, expired or bound to another call."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+
+
+class CallRejected(EngineError):
+    """A media stream was refused before any audio flowed; ``close_code`` says why."""
+
+    def __init__(self, message: str, close_code: int = CLOSE_POLICY_VIOLATION) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class ConnectionClosed(EngineError):
+    """The peer's WebSocket closed (or vanished); ``code`` is its close code when it sent one."""
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason

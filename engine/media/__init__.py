@@ -1,0 +1,1 @@
+"""The per-call media path: codec, protocol, frames, channels, VAD, playout, sessions."""

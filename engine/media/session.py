@@ -1,0 +1,311 @@
+"""One call: a :class:`CallSession` runs the whole media pipeline of a stream in one nursery.
+
+    socket ─▶ reader (parse → decode → VAD/turn, inline) ─▶ stage ─▶ playout ─▶ socket
+
+The reader, the stage and playout are the nursery's three tasks, joined by bounded
+:class:`~engine.media.channels.FrameChannel` s. Per-frame synchronous work (parsing, μ-law
+decode, VAD) runs inline in the reader; a channel hop is paid only where a task may block
+(the stage) or must keep its own time (playout). Playout is the socket's only writer.
+
+Whatever ends the call — Twilio's ``stop``, the peer closing or vanishing, a protocol error, a
+failing stage, a hang-up, or cancellation from outside (server shutdown) — cancels the nursery,
+so no task outlives the call, and the socket is closed with a code that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from engine.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CallRejected,
+    ConnectionClosed,
+    ProtocolError,
+    TokenError,
+    UnknownEventError,
+)
+from engine.media.channels import FrameChannel
+from engine.media.codec import ulaw_decode
+from engine.media.frames import (
+    Audio,
+    Dtmf,
+    Frame,
+    HangUp,
+    MarkEcho,
+    SpeechStarted,
+)
+from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
+from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Start, Stop
+from engine.media.protocol import Dtmf as DtmfEvent
+from engine.media.stage import CallContext, Stage, StageFactory
+from engine.media.vad import TurnConfig, TurnDetector
+
+__all__ = ["Authorizer", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
+
+log = logging.getLogger(__name__)
+
+
+class MediaSocket(Protocol):
+    """The WebSocket a session talks over (already accepted).
+
+    ``receive`` and ``send`` raise :class:`~engine.errors.ConnectionClosed` once the peer is gone.
+    """
+
+    async def receive(self) -> str | bytes:
+        """The next message."""
+        ...
+
+    async def send(self, message: str) -> None:
+        """Send one text message."""
+        ...
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close the socket (idempotent; never raises for a peer that is already gone)."""
+        ...
+
+
+Authorizer = Callable[[Start], Mapping[str, str]]
+"""Checks a stream's ``start`` (its token); returns the verified custom parameters or raises
+:class:`~engine.errors.TokenError` / :class:`~engine.errors.CallRejected`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Tuning of a call session."""
+
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
+    start_timeout: float = 10.0
+    """Seconds allowed for ``connected`` + ``start`` before the socket is closed."""
+    close_timeout: float = 1.0
+    """Seconds allowed for the closing handshake."""
+    stage_inbox_size: int = 50
+    """Frames queued for the stage (1 s of audio); live audio beyond it drops oldest."""
+    playout_inbox_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How a call ended and what it carried."""
+
+    call_sid: str | None
+    stream_sid: str | None
+    reason: str
+    """``stop``, ``hang-up``, ``peer-closed``, ``protocol-error``, ``stage-error``,
+    ``stage-finished``, ``rejected``, ``start-timeout`` or ``shutdown``."""
+    close_code: int | None
+    error: str | None
+    media_frames: int
+    dropped_frames: int
+    sequence_gaps: int
+    playout: PlayoutStatistics | None
+
+
+class CallSession:
+    """Runs one Media Streams call on an accepted socket with a stage made by ``stage_factory``."""
+
+    def __init__(
+        self,
+        socket: MediaSocket,
+        stage_factory: StageFactory,
+        *,
+        authorize: Authorizer,
+        config: SessionConfig | None = None,
+    ) -> None:
+        self._socket = socket
+        self._stage_factory = stage_factory
+        self._authorize = authorize
+        self.config = config or SessionConfig()
+        self._parser = MediaStreamParser()
+        self._scope: trio.CancelScope | None = None
+        self._end_reason: tuple[str, int | None, str | None] | None = None
+        self._stage_inbox: FrameChannel[Frame] = FrameChannel(
+            self.config.stage_inbox_size, lambda frame: type(frame) is Audio
+        )
+        self._playout_inbox: FrameChannel[Frame] = FrameChannel(self.config.playout_inbox_size)
+        self._playout: PlayoutCore | None = None
+        self.start: Start | None = None
+        """The stream's ``start`` once received."""
+        self.outcome: CallOutcome | None = None
+        """How the call ended, once it has."""
+
+    @property
+    def call_sid(self) -> str | None:
+        """The CallSid, once ``start`` has arrived."""
+        return self.start.call_sid if self.start else None
+
+    def end(self, reason: str, close_code: int | None = CLOSE_NORMAL, error: str | None = None) -> None:
+        """End the call (first reason wins); safe to call from any task or from outside."""
+        if self._end_reason is None:
+            self._end_reason = (reason, close_code, error)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> CallOutcome:
+        """Run the call to its end and return its outcome (also kept in :attr:`outcome`)."""
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                if self._end_reason is not None:
+                    scope.cancel()
+                parameters = await self._open()
+                if parameters is not None:
+                    await self._pipeline(parameters)
+        finally:
+            await self._close()
+        assert self.outcome is not None
+        return self.outcome
+
+    async def _open(self) -> Mapping[str, str] | None:
+        try:
+            with trio.fail_after(self.config.start_timeout):
+                while self.start is None:
+                    try:
+                        event = self._parser.receive(await self._socket.receive())
+                    except UnknownEventError:
+                        continue
+                    if isinstance(event, Start):
+                        self.start = event
+                    elif not isinstance(event, Connected):
+                        raise ProtocolError("expected start")  # the parser rejects this first
+            return self._authorize(self.start)
+        except trio.TooSlowError:
+            self.end("start-timeout", CLOSE_POLICY_VIOLATION, "no start message in time")
+        except (TokenError, CallRejected) as exc:
+            log.warning("call %s rejected: %s", self.call_sid, exc)
+            self.end("rejected", exc.close_code, str(exc))
+        except ProtocolError as exc:
+            self.end("protocol-error", exc.close_code, str(exc))
+        except ConnectionClosed as exc:
+            self.end("peer-closed", None, str(exc))
+        return None
+
+    async def _pipeline(self, parameters: Mapping[str, str]) -> None:
+        start = self.start
+        assert start is not None
+        try:
+            stage = self._stage_factory()
+        except Exception as exc:
+            log.exception("could not make the stage of call %s", start.call_sid)
+            self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        playout_config = self.config.playout
+        if not stage.barge_in and playout_config.barge_in:
+            playout_config = PlayoutConfig(
+                lead_ms=playout_config.lead_ms,
+                mark_interval_ms=playout_config.mark_interval_ms,
+                drain_mark_ms=playout_config.drain_mark_ms,
+                barge_in=False,
+            )
+        self._playout = PlayoutCore(start.stream_sid, playout_config)
+        call = CallContext(
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            account_sid=start.account_sid,
+            parameters=parameters,
+            inbox=self._stage_inbox,
+            playout=self._playout_inbox,
+        )
+        log.info("call %s stream %s started", start.call_sid, start.stream_sid)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, stage)
+            nursery.start_soon(self._run_stage, stage, call)
+            nursery.start_soon(
+                run_playout,
+                self._playout,
+                self._playout_inbox,
+                self._send,
+                self._stage_inbox,
+                self._on_hang_up,
+            )
+
+    async def _send(self, message: str) -> None:
+        try:
+            await self._socket.send(message)
+        except ConnectionClosed as exc:
+            self.end("peer-closed", None, str(exc))
+            await trio.lowlevel.checkpoint()
+
+    def _on_hang_up(self, hang_up: HangUp) -> None:
+        self.end("hang-up", CLOSE_NORMAL, hang_up.reason)
+
+    async def _run_stage(self, stage: Stage, call: CallContext) -> None:
+        try:
+            await stage.run(call)
+        except Exception as exc:
+            log.exception("stage of call %s failed", call.call_sid)
+            self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            await self._playout_inbox.send(HangUp("stage-finished"))
+
+    async def _read(self, stage: Stage) -> None:
+        parser = self._parser
+        receive = self._socket.receive
+        detector = TurnDetector(self.config.turn) if stage.turn_detection else None
+        to_stage = self._stage_inbox
+        to_playout = self._playout_inbox
+        wants_audio = stage.receives_audio
+        try:
+            while True:
+                try:
+                    event = parser.receive(await receive())
+                except UnknownEventError as exc:
+                    log.info("call %s: ignoring %s", self.call_sid, exc)
+                    continue
+                if type(event) is Media:
+                    if event.track != "inbound":
+                        continue
+                    pcm = ulaw_decode(event.payload)
+                    if wants_audio:
+                        to_stage.send_nowait(Audio(event.payload, pcm, event.timestamp))
+                    if detector is not None:
+                        for turn_event in detector.process(pcm, event.timestamp):
+                            if type(turn_event) is SpeechStarted:
+                                await to_playout.send(turn_event)
+                            await to_stage.send(turn_event)
+                elif type(event) is Mark:
+                    await to_playout.send(MarkEcho(event.name))
+                elif type(event) is DtmfEvent:
+                    await to_stage.send(Dtmf(event.digit))
+                elif type(event) is Stop:
+                    self.end("stop", CLOSE_NORMAL)
+                    return
+        except ProtocolError as exc:
+            log.warning("call %s: protocol error: %s", self.call_sid, exc)
+            self.end("protocol-error", exc.close_code, str(exc))
+        except ConnectionClosed as exc:
+            self.end("peer-closed", None, str(exc))
+
+    async def _close(self) -> None:
+        if self._end_reason is None:
+            self._end_reason = ("shutdown", CLOSE_GOING_AWAY, None)
+        reason, code, error = self._end_reason
+        self._stage_inbox.close()
+        self._playout_inbox.close()
+        if code is not None:
+            with trio.move_on_after(self.config.close_timeout) as scope:
+                scope.shield = True
+                await self._socket.close(code, (error or reason)[:120])
+        stats = self._parser.statistics()
+        self.outcome = CallOutcome(
+            call_sid=self.call_sid,
+            stream_sid=self.start.stream_sid if self.start else None,
+            reason=reason,
+            close_code=code,
+            error=error,
+            media_frames=stats.media,
+            dropped_frames=self._stage_inbox.statistics().dropped,
+            sequence_gaps=stats.gaps,
+            playout=self._playout.statistics() if self._playout else None,
+        )
+        log.info(
+            "call %s ended: %s%s", self.call_sid, reason, f" ({error})" if error else ""
+        )

@@ -1,0 +1,158 @@
+"""The AI stage interface: what a user implements to put a voice agent on a call.
+
+A stage sees the call through a :class:`CallContext`: it iterates over inbound frames
+(:class:`~engine.media.frames.Utterance`, :class:`~engine.media.frames.SpeechStarted`,
+:class:`~engine.media.frames.Interrupted`, …) and answers with :meth:`CallContext.play`.
+The smallest useful stage overrides one handler::
+
+    from engine import CallContext, Stage, Utterance
+
+    class Parrot(Stage):
+        async def on_utterance(self, call: CallContext, utterance: Utterance) -> None:
+            await call.play(utterance.pcm)          # 8 kHz int16; other rates: rate=16000
+
+    def create() -> Stage:                          # voice-engine serve --pipeline mymod:create
+        return Parrot()
+
+A stage that needs full control (streaming a reply while listening for barge-in) overrides
+:meth:`Stage.run` and runs its own nursery inside it. One stage instance serves one call; when the
+call ends, ``run`` is cancelled. An exception in a stage ends its own call, never the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from engine.media.channels import FrameChannel
+from engine.media.codec import SAMPLE_RATE, resample, ulaw_encode
+from engine.media.frames import (
+    PCM,
+    Audio,
+    Dtmf,
+    Frame,
+    HangUp,
+    Interrupted,
+    PlayAudio,
+    PlaybackDone,
+    SpeechEnded,
+    SpeechStarted,
+    Utterance,
+)
+
+__all__ = ["CallContext", "Stage", "StageFactory"]
+
+
+class CallContext:
+    """One call as its stage sees it: identity, inbound frames, and the way to speak."""
+
+    def __init__(
+        self,
+        *,
+        call_sid: str,
+        stream_sid: str,
+        account_sid: str,
+        parameters: Mapping[str, str],
+        inbox: FrameChannel[Frame],
+        playout: FrameChannel[Frame],
+    ) -> None:
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid
+        self.account_sid = account_sid
+        self.parameters = parameters
+        """The verified custom ``<Parameter>`` values of the stream (the token removed)."""
+        self._inbox = inbox
+        self._playout = playout
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        return self._inbox.__aiter__()
+
+    async def receive(self) -> Frame:
+        """The next inbound frame."""
+        return await self._inbox.receive()
+
+    async def play(self, pcm: PCM, *, rate: int = SAMPLE_RATE, label: str = "") -> None:
+        """Queue int16 mono audio at ``rate`` Hz for the caller, under a reply ``label``.
+
+        Waits while playout's queue is full, so a fast producer is paced by the call.
+        """
+        if pcm.dtype != np.int16:
+            raise TypeError(f"play() takes int16 samples, not {pcm.dtype}")
+        if rate != SAMPLE_RATE:
+            pcm = resample(pcm, rate, SAMPLE_RATE)
+        await self._playout.send(PlayAudio(ulaw_encode(pcm), label))
+
+    async def play_ulaw(self, ulaw: bytes, *, label: str = "") -> None:
+        """Queue 8 kHz μ-law bytes for the caller as they are (no transcoding)."""
+        await self._playout.send(PlayAudio(ulaw, label))
+
+    async def hang_up(self, reason: str = "hang-up", *, drain: bool = True) -> None:
+        """End the call, after the queued audio has played unless ``drain`` is false."""
+        await self._playout.send(HangUp(reason, drain))
+
+
+class Stage:
+    """Base class of AI stages. Override the ``on_*`` handlers you need, or :meth:`run`.
+
+    Class attributes tune what the engine does around the stage:
+
+    - ``receives_audio``: deliver every inbound 20 ms :class:`Audio` frame (default off; turn
+      events arrive either way). Audio frames are live: a slow stage loses the oldest, counted.
+    - ``turn_detection``: run VAD / end-of-turn on the caller's audio (default on).
+    - ``barge_in``: when the caller speaks over queued or playing bot audio, send ``clear``
+      and deliver :class:`Interrupted` (default on).
+    """
+
+    receives_audio: ClassVar[bool] = False
+    turn_detection: ClassVar[bool] = True
+    barge_in: ClassVar[bool] = True
+
+    async def run(self, call: CallContext) -> None:
+        """Handle the call's frames until it ends; the default dispatches to ``on_*``."""
+        await self.on_start(call)
+        async for frame in call:
+            match frame:
+                case Audio():
+                    await self.on_audio(call, frame)
+                case Utterance():
+                    await self.on_utterance(call, frame)
+                case SpeechStarted():
+                    await self.on_speech_started(call, frame)
+                case SpeechEnded():
+                    await self.on_speech_ended(call, frame)
+                case Interrupted():
+                    await self.on_interrupted(call, frame)
+                case PlaybackDone():
+                    await self.on_playback_done(call, frame)
+                case Dtmf():
+                    await self.on_dtmf(call, frame)
+
+    async def on_start(self, call: CallContext) -> None:
+        """The stream has started (the caller's audio is about to flow)."""
+
+    async def on_audio(self, call: CallContext, audio: Audio) -> None:
+        """One inbound 20 ms frame (only with ``receives_audio = True``)."""
+
+    async def on_speech_started(self, call: CallContext, event: SpeechStarted) -> None:
+        """The caller started talking."""
+
+    async def on_utterance(self, call: CallContext, utterance: Utterance) -> None:
+        """The caller finished a turn."""
+
+    async def on_speech_ended(self, call: CallContext, event: SpeechEnded) -> None:
+        """The caller stopped talking (after the hangover)."""
+
+    async def on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+        """The caller barged in; ``event.heard_ms`` of the reply was heard."""
+
+    async def on_playback_done(self, call: CallContext, event: PlaybackDone) -> None:
+        """A reply finished playing."""
+
+    async def on_dtmf(self, call: CallContext, event: Dtmf) -> None:
+        """The caller pressed a key."""
+
+
+StageFactory = Callable[[], Stage]
+"""Makes the stage for one call; ``--pipeline module:factory`` names one."""

@@ -1,0 +1,160 @@
+"""Voice-activity detection and end-of-turn, sans-IO.
+
+:class:`TurnDetector` takes the caller's audio as 8 kHz int16 frames and returns events:
+:class:`~engine.media.frames.SpeechStarted` once enough voiced audio is seen,
+then :class:`~engine.media.frames.Utterance` and :class:`~engine.media.frames.SpeechEnded`
+after a silence hangover. WebRTC's VAD classifies each 20 ms frame; hysteresis on top of it
+keeps a cough or a click from starting a turn and a short pause from ending one.
+
+Defaults (see :class:`TurnConfig`): speech starts when 60 ms of the last 100 ms are voiced; a turn
+ends after 500 ms of silence; an utterance keeps 200 ms of audio from before the first voiced
+frame (so the first syllable survives) and 60 ms after the last; an utterance longer than 30 s
+is cut into turns so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+from engine.media.frames import PCM, SpeechEnded, SpeechStarted, Utterance
+
+__all__ = ["TurnConfig", "TurnDetector", "TurnEvent"]
+
+TurnEvent = SpeechStarted | Utterance | SpeechEnded
+"""What :meth:`TurnDetector.process` returns."""
+
+FRAME_MS = 20
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+_NO_EVENTS: tuple[TurnEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """Tuning of the turn detector; every time is in milliseconds and a multiple of 20."""
+
+    aggressiveness: int = 2
+    """WebRTC VAD mode, 0 (lenient) … 3 (strict about what counts as speech)."""
+    start_ms: int = 60
+    """Voiced audio within the last ``start_window_ms`` needed to declare speech."""
+    start_window_ms: int = 100
+    hangover_ms: int = 500
+    """Silence after the last voiced frame that ends the turn."""
+    pre_roll_ms: int = 200
+    """Audio kept from before the first voiced frame."""
+    post_roll_ms: int = 60
+    """Audio kept after the last voiced frame."""
+    max_utterance_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError("aggressiveness must be 0…3")
+        for name in (
+            "start_ms",
+            "start_window_ms",
+            "hangover_ms",
+            "pre_roll_ms",
+            "post_roll_ms",
+            "max_utterance_ms",
+        ):
+            value = getattr(self, name)
+            if value < 0 or value % FRAME_MS:
+                raise ValueError(f"{name} must be a non-negative multiple of {FRAME_MS} ms")
+        if not 0 < self.start_ms <= self.start_window_ms:
+            raise ValueError("start_ms must be within (0, start_window_ms]")
+        if self.hangover_ms < FRAME_MS or self.post_roll_ms > self.hangover_ms:
+            raise ValueError("hangover_ms must be ≥ 20 and ≥ post_roll_ms")
+
+
+class TurnDetector:
+    """Turns a stream of 20 ms frames into speech-started / utterance / speech-ended events.
+
+    Frames of other sizes are re-cut into 20 ms internally; ``timestamp`` is the media time (ms)
+    of the first sample passed in.
+    """
+
+    def __init__(self, config: TurnConfig | None = None) -> None:
+        self.config = config = config or TurnConfig()
+        self._vad = webrtcvad.Vad(config.aggressiveness)
+        self._window: deque[bool] = deque(maxlen=config.start_window_ms // FRAME_MS)
+        self._start_frames = config.start_ms // FRAME_MS
+        self._history: deque[tuple[int, PCM]] = deque(
+            maxlen=(config.pre_roll_ms + config.start_window_ms) // FRAME_MS
+        )
+        self._speaking = False
+        self._frames: list[PCM] = []
+        self._start = 0
+        self._last_voiced_end = 0
+        self._silence_ms = 0
+        self._pending = np.empty(0, dtype=np.int16)
+        self._pending_ts = 0
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the caller is inside a turn."""
+        return self._speaking
+
+    def process(self, pcm: PCM, timestamp: int) -> tuple[TurnEvent, ...]:
+        """Feed caller audio; return the events it completes (usually none)."""
+        if len(pcm) == FRAME_SAMPLES and not len(self._pending):
+            return self._frame(pcm, timestamp)
+        if not len(self._pending):
+            self._pending_ts = timestamp
+        self._pending = np.concatenate((self._pending, pcm))
+        events: tuple[TurnEvent, ...] = _NO_EVENTS
+        while len(self._pending) >= FRAME_SAMPLES:
+            frame, self._pending = self._pending[:FRAME_SAMPLES], self._pending[FRAME_SAMPLES:]
+            events += self._frame(frame, self._pending_ts)
+            self._pending_ts += FRAME_MS
+        return events
+
+    def _frame(self, pcm: PCM, timestamp: int) -> tuple[TurnEvent, ...]:
+        voiced = self._vad.is_speech(pcm, 8000)
+        if not self._speaking:
+            self._history.append((timestamp, pcm))
+            self._window.append(voiced)
+            if sum(self._window) < self._start_frames:
+                return _NO_EVENTS
+            return (self._begin(timestamp),)
+        self._frames.append(pcm)
+        if voiced:
+            self._silence_ms = 0
+            self._last_voiced_end = timestamp + FRAME_MS
+        else:
+            self._silence_ms += FRAME_MS
+        if (
+            self._silence_ms >= self.config.hangover_ms
+            or timestamp + FRAME_MS - self._start >= self.config.max_utterance_ms
+        ):
+            return self._finish(timestamp + FRAME_MS)
+        return _NO_EVENTS
+
+    def _begin(self, timestamp: int) -> SpeechStarted:
+        recent = list(self._history)[-len(self._window) :]
+        first_voiced = next(
+            ts for (ts, _), v in zip(recent, self._window, strict=True) if v
+        )
+        kept = [(ts, pcm) for ts, pcm in self._history if ts >= first_voiced - self.config.pre_roll_ms]
+        self._start = kept[0][0]
+        self._frames = [pcm for _, pcm in kept]
+        self._speaking = True
+        self._silence_ms = 0
+        self._last_voiced_end = timestamp + FRAME_MS
+        self._history.clear()
+        self._window.clear()
+        return SpeechStarted(timestamp=first_voiced, detected_at=timestamp)
+
+    def _finish(self, now: int) -> tuple[TurnEvent, ...]:
+        end = min(now, self._last_voiced_end + self.config.post_roll_ms)
+        keep = max(0, len(self._frames) - (now - end) // FRAME_MS)
+        pcm = np.concatenate(self._frames[:keep]) if keep else np.empty(0, dtype=np.int16)
+        self._speaking = False
+        self._frames = []
+        self._silence_ms = 0
+        return (
+            Utterance(pcm=pcm, start=self._start, end=end),
+            SpeechEnded(timestamp=self._last_voiced_end),
+        )

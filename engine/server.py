@@ -1,0 +1,236 @@
+"""The voice server: a quart-trio app on hypercorn, plus a direct ASGI route for media streams.
+
+Routes: ``POST /twilio/voice`` answers a signed voice webhook with ``<Connect><Stream>`` TwiML
+whose ``<Parameter>`` carries a short-lived token bound to the CallSid; ``WS /twilio/media`` runs
+a :class:`~engine.media.session.CallSession` once that token verifies; ``GET /healthz``.
+
+The media socket is served straight from the ASGI callable rather than through Quart's websocket
+machinery: every inbound frame of every call crosses it, and Quart would add a task hop and a
+signal dispatch per frame. Everything else is ordinary Quart.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from engine.control.signature import is_valid_signature
+from engine.control.token import StreamTokens
+from engine.control.twiml import connect_stream, stream_url
+from engine.errors import CLOSE_GOING_AWAY, ConfigError, ConnectionClosed
+from engine.media.protocol import MAX_MESSAGE_BYTES, Start
+from engine.media.session import CallSession, SessionConfig
+from engine.media.stage import StageFactory
+
+__all__ = ["ServerConfig", "VoiceServer"]
+
+log = logging.getLogger(__name__)
+
+MEDIA_PATH = "/twilio/media"
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What ``voice-engine serve`` is given."""
+
+    stage_factory: StageFactory
+    auth_token: str | None
+    """Twilio's Auth Token: signs webhooks and keys stream tokens. Required unless ``insecure``."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    """The base URL Twilio requests (signatures are checked against it); default from the bind."""
+    insecure: bool = False
+    """Run without an auth token: no signature checks, stream tokens keyed per process."""
+    session: SessionConfig = field(default_factory=SessionConfig)
+    token_ttl: float = 120.0
+    shutdown_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.auth_token and not self.insecure:
+            raise ConfigError(
+                "TWILIO_AUTH_TOKEN is not set: webhooks could not be verified. Set it, or pass "
+                "--insecure to run without signature checks (never on a public address)."
+            )
+
+
+class _AsgiMediaSocket:
+    """A :class:`~engine.media.session.MediaSocket` over one accepted ASGI websocket."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._closed = False
+
+    async def receive(self) -> str | bytes:
+        if self._closed:
+            raise ConnectionClosed(None, "closed")
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text: str | None = message.get("text")
+            return text if text is not None else message.get("bytes") or b""
+        self._closed = True
+        raise ConnectionClosed(message.get("code"), "peer closed")
+
+    async def send(self, message: str) -> None:
+        if self._closed:
+            raise ConnectionClosed(None, "closed")
+        await self._send({"type": "websocket.send", "text": message})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        reason = reason.encode()[:123].decode(errors="ignore")
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception:  # the peer may be gone already; closing is best effort
+            log.debug("close after peer left", exc_info=True)
+
+
+class VoiceServer:
+    """The ASGI application and its lifecycle (``serve``, ``shutdown``)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        secret = config.auth_token or secrets.token_urlsafe(32)
+        self.tokens = StreamTokens(secret, ttl=config.token_ttl)
+        self.public_url = config.public_url.rstrip("/") if config.public_url else None
+        self.sessions: set[CallSession] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._shutdown = trio.Event()
+        self.app = self._make_app()
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == MEDIA_PATH:
+            await self._media(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _url(self, path: str, query: bytes | str) -> str:
+        query = query.decode("latin-1") if isinstance(query, bytes) else query
+        base = self.public_url or ""
+        return base + path + (f"?{query}" if query else "")
+
+    def _signed(self, url: str, params: Mapping[str, list[str]], signature: str | None) -> bool:
+        if self.config.insecure:
+            return True
+        assert self.config.auth_token is not None
+        return is_valid_signature(url, params, signature, self.config.auth_token)
+
+    async def _media(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        assert self.public_url is not None
+        url = stream_url(self.public_url, MEDIA_PATH)
+        query = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        if await receive() != {"type": "websocket.connect"}:
+            return
+        if not self._signed(url, {}, headers.get("x-twilio-signature")):
+            log.warning("media stream refused: bad X-Twilio-Signature on the handshake")
+            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+        if self._shutdown.is_set():
+            await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
+            return
+        await send({"type": "websocket.accept"})
+        session = CallSession(
+            _AsgiMediaSocket(receive, send),
+            self.config.stage_factory,
+            authorize=self._authorize,
+            config=self.config.session,
+        )
+        self.sessions.add(session)
+        self._idle = trio.Event() if len(self.sessions) == 1 else self._idle
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._idle.set()
+
+    def _authorize(self, start: Start) -> Mapping[str, str]:
+        return self.tokens.verify(start.custom_parameters, start.call_sid)
+
+    def _make_app(self) -> QuartTrio:
+        app = QuartTrio("voice-engine")
+
+        @app.post("/twilio/voice")
+        async def voice() -> Response:
+            form = await request.form
+            params = {name: form.getlist(name) for name in form}
+            url = self._url(request.path, request.query_string)
+            if not self._signed(url, params, request.headers.get("X-Twilio-Signature")):
+                log.warning("voice webhook refused: bad X-Twilio-Signature for %s", url)
+                return Response("invalid X-Twilio-Signature\n", status=403, mimetype="text/plain")
+            call_sid = form.get("CallSid", "")
+            if not call_sid:
+                return Response("CallSid is required\n", status=400, mimetype="text/plain")
+            assert self.public_url is not None
+            twiml = connect_stream(
+                stream_url(self.public_url, MEDIA_PATH),
+                self.tokens.parameters_with_token(call_sid, {}),
+            )
+            return Response(twiml, status=200, mimetype="text/xml")
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, Any]:
+            return {"status": "ok", "calls": len(self.sessions)}
+
+        return app
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown: end every call (close 1001), then stop listening."""
+        self._shutdown.set()
+
+    async def _shutdown_trigger(self) -> None:
+        await self._shutdown.wait()
+        log.info("shutting down: ending %d call(s)", len(self.sessions))
+        for session in list(self.sessions):
+            session.end("shutdown", CLOSE_GOING_AWAY)
+        with trio.move_on_after(self.config.shutdown_timeout):
+            await self._idle.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`shutdown`; reports the public base URL once listening."""
+        hconfig = HypercornConfig()
+        hconfig.bind = [f"{self.config.host}:{self.config.port}"]
+        hconfig.websocket_max_message_size = MAX_MESSAGE_BYTES
+        hconfig.accesslog = None
+        hconfig.errorlog = logging.getLogger("hypercorn.error")
+        hconfig.graceful_timeout = self.config.shutdown_timeout
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                partial(
+                    hypercorn_serve,
+                    self,
+                    hconfig,
+                    shutdown_trigger=self._shutdown_trigger,
+                    mode="asgi",
+                )
+            )
+            if self.public_url is None:
+                self.public_url = binds[0].rstrip("/")
+            log.info("listening on %s (public URL %s)", ", ".join(binds), self.public_url)
+            task_status.started(self.public_url)
+
+

@@ -1,0 +1,1 @@
+"""Ready AI stages, one module each; ``voice-engine serve --pipeline NAME`` picks one."""
