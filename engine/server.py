@@ -20,7 +20,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -65,6 +67,31 @@ class ServerConfig:
                 "TWILIO_AUTH_TOKEN is not set: webhooks could not be verified. Set it, or pass "
                 "--insecure to run without signature checks (never on a public address)."
             )
+
+
+def _guard_hypercorn_send_race() -> None:
+    """Keep one closing connection from crashing the whole server.
+
+    Hypercorn's trio ``TCPServer`` (0.17–0.18) half-closes a connection with ``send_eof()``
+    outside its send lock; when a WebSocket closes while a frame to that peer is being sent,
+    ``send_all`` raises ``trio.BusyResourceError``, which escapes and takes down the server and
+    every other call on it. The connection is closing either way: treat it as closed.
+    """
+    original = TCPServer.protocol_send
+    if getattr(original, "_voice_engine_guard", False):
+        return
+
+    async def protocol_send(self: TCPServer, event: Event) -> None:
+        try:
+            await original(self, event)
+        except trio.BusyResourceError:
+            await self.protocol.handle(Closed())
+
+    protocol_send._voice_engine_guard = True  # type: ignore[attr-defined]
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+
+
+_guard_hypercorn_send_race()
 
 
 class _AsgiMediaSocket:

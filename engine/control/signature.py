@@ -142,7 +142,7 @@ def url_candidates(url: str) -> list[str]:
         if port is None:
             ports = ["443"] if scheme == "https" else ["80"]
             if scheme == "wss":
-                pass
+                ports.insert(0, "443")
             candidates.extend(f"{prefix}{host}:{p}{rest}" for p in ports)
         else:
             candidates.append(prefix + host + rest)

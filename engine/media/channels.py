@@ -100,13 +100,15 @@ class FrameChannel(Generic[T]):
 
     async def send(self, item: T) -> None:
         """Queue ``item``, waiting for room if it is a control item and the channel is full."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
                 self.send_nowait(item)
             except trio.WouldBlock:
                 await self._senders.park()
             else:
-                await trio.lowlevel.checkpoint()
+                # Sent: a cancellation now must not make the caller think it was not.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return
 
     def receive_nowait(self) -> T:
@@ -121,13 +123,15 @@ class FrameChannel(Generic[T]):
 
     async def receive(self) -> T:
         """Take the oldest item, waiting for one; ``trio.EndOfChannel`` once closed and drained."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
                 item = self.receive_nowait()
             except trio.WouldBlock:
                 await self._receivers.park()
             else:
-                await trio.lowlevel.checkpoint()
+                # Taken: a cancellation now would lose the item, so it waits for the next call.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return item
 
     def close(self) -> None:

@@ -497,11 +497,17 @@ class MediaStreamParser:
                 ok = (
                     msg["streamSid"] == self._stream_sid
                     and (track == "inbound" or track == "outbound")
-                    and _digits(seq_text) is not None
-                    and _digits(chunk_text) is not None
-                    and _digits(timestamp_text) is not None
+                    and seq_text.isdigit()
+                    and seq_text.isascii()
+                    and len(seq_text) <= _MAX_DIGITS
+                    and chunk_text.isdigit()
+                    and chunk_text.isascii()
+                    and len(chunk_text) <= _MAX_DIGITS
+                    and timestamp_text.isdigit()
+                    and timestamp_text.isascii()
+                    and len(timestamp_text) <= _MAX_DIGITS
                 )
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 ok = False
             if ok:
                 seq = int(seq_text)

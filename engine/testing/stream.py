@@ -47,10 +47,14 @@ class StreamRecord:
     t0: float = 0.0
     """When media frame 0 (timestamp 0) was due."""
     frames_sent: int = 0
+    mic: bytearray = field(default_factory=bytearray)
+    """Every μ-law byte the caller's microphone sent, in order."""
     send_lateness: list[float] = field(default_factory=list)
     """How late each media frame left against its real-time slot (s)."""
     heard: bytearray = field(default_factory=bytearray)
     """The caller's speaker, 160 μ-law bytes per 20 ms playback tick, tick k at ``t0 + k·20 ms``."""
+    played: bytearray = field(default_factory=bytearray)
+    """One byte per playback tick: 1 where server audio played (silent or not), else 0."""
     received: list[tuple[float, bytes]] = field(default_factory=list)
     """Every outbound ``media`` payload with its arrival time."""
     marks: list[tuple[str, float, float]] = field(default_factory=list)
@@ -101,6 +105,7 @@ class EmulatedStream:
         self._buffer: deque[bytes | str] = deque()  # playback: audio chunks and mark names
         self._send_lock = trio.Lock()
         self._mark_index: dict[str, int] = {}
+        self._stopped = False
         self._last_timestamp = 0
         self.closed = trio.Event()
         """Set when the socket has closed (either side)."""
@@ -134,6 +139,10 @@ class EmulatedStream:
 
     async def _send(self, build: _Builder) -> None:
         async with self._send_lock:
+            if self._stopped:
+                raise trio_websocket.ConnectionClosed(
+                    trio_websocket.CloseReason(1000, "stopped")
+                )
             self._seq += 1
             await self._ws.send_message(build(self._seq))
 
@@ -149,13 +158,18 @@ class EmulatedStream:
                 self._mic_empty.set()
             chunk += 1
             timestamp = (chunk - 1) * 20
-            await self._send(
-                lambda seq, c=chunk, ts=timestamp, f=frame: protocol.inbound_media_message(
-                    seq, self.stream_sid, c, ts, f
+            try:
+                await self._send(
+                    lambda seq, c=chunk, ts=timestamp, f=frame: protocol.inbound_media_message(
+                        seq, self.stream_sid, c, ts, f
+                    )
                 )
-            )
+            except trio_websocket.ConnectionClosed:
+                self.closed.set()
+                return
             self._last_timestamp = timestamp
             record.frames_sent += 1
+            record.mic += frame
             next_due += FRAME_S
 
     # -- the caller's ear -----------------------------------------------------------------------
@@ -216,6 +230,7 @@ class EmulatedStream:
                 else:
                     self._buffer.popleft()
             record.heard += out.ljust(FRAME_BYTES, bytes([SILENCE_BYTE]))
+            record.played.append(1 if out else 0)
             tick += 1
             await self._echo_ready_marks()
 
@@ -240,11 +255,15 @@ class EmulatedStream:
     async def stop(self) -> None:
         """Send ``stop`` (the call ended) and close the socket as Twilio does."""
         try:
-            await self._send(
-                lambda seq: protocol.stop_message(
-                    seq, self.stream_sid, self.account_sid, self.call_sid
-                )
-            )
+            async with self._send_lock:
+                if not self._stopped:
+                    self._stopped = True
+                    self._seq += 1
+                    await self._ws.send_message(
+                        protocol.stop_message(
+                            self._seq, self.stream_sid, self.account_sid, self.call_sid
+                        )
+                    )
             await self._ws.aclose()
         except trio_websocket.ConnectionClosed:
             pass

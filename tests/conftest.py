@@ -1,0 +1,102 @@
+"""Shared fixtures: real speech, and a real ``voice-engine serve`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from engine.testing import speech
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
+
+
+def sentences() -> list[str]:
+    """The fixed test sentences (tests/data/sentences.txt)."""
+    return DATA.joinpath("sentences.txt").read_text().splitlines()
+
+
+@cache
+def spoken(text: str) -> bytes:
+    """``text`` spoken by eSpeak NG as 8 kHz μ-law (cached per test session)."""
+    return speech(text)
+
+
+@dataclass
+class Server:
+    """A running ``voice-engine serve`` subprocess."""
+
+    url: str
+    auth_token: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the server has logged so far."""
+        return self.log_path.read_text()
+
+
+def start_server(
+    tmp_path: Path, pipeline: str, *, env: dict[str, str] | None = None, insecure: bool = False
+) -> Server:
+    """Start ``python -m engine serve`` on a free port and wait until it listens."""
+    token = secrets.token_hex(16)
+    log_path = tmp_path / f"server-{secrets.token_hex(4)}.log"
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    full_env.pop("PUBLIC_URL", None)
+    if insecure:
+        full_env.pop("TWILIO_AUTH_TOKEN", None)
+    else:
+        full_env["TWILIO_AUTH_TOKEN"] = token
+    args = [sys.executable, "-m", "engine", "serve", "--port", "0", "--pipeline", pipeline]
+    if insecure:
+        args.append("--insecure")
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=log_file, text=True, env=full_env, cwd=ROOT
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("voice-engine serving on "):
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
+    return Server(line.split()[-1], token, process, log_path)
+
+
+def stop_server(server: Server) -> int:
+    """SIGTERM the server and return its exit code."""
+    server.process.terminate()
+    try:
+        return server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers for a test; all are stopped (and must exit cleanly) at its end."""
+    servers: list[Server] = []
+
+    def _start(pipeline: str, **kwargs: object) -> Server:
+        server = start_server(tmp_path, pipeline, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        if server.process.poll() is None:
+            assert stop_server(server) == 0, server.log()

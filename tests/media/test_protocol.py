@@ -1,0 +1,1011 @@
+"""Tests for engine.media.protocol: the Twilio Media Streams protocol (PROTOCOL.md §1)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.errors import (
+    CLOSE_INVALID_PAYLOAD,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNSUPPORTED_DATA,
+    ProtocolError,
+    UnknownEventError,
+)
+from engine.media.protocol import (
+    MAX_MESSAGE_BYTES,
+    Connected,
+    Dtmf,
+    InboundEvent,
+    Mark,
+    Media,
+    MediaStreamParser,
+    OutClear,
+    OutMark,
+    OutMedia,
+    ParserStatistics,
+    Start,
+    Stop,
+    clear_message,
+    connected_message,
+    dtmf_message,
+    inbound_media_message,
+    mark_echo_message,
+    mark_message,
+    media_message,
+    parse_outbound,
+    start_message,
+    stop_message,
+)
+
+# Real-length SIDs: two letters + 32 hex digits.
+SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
+ACCOUNT = "AC25e16e9a716a4a1786a7c47fe0c4f8e3"
+CALL = "CA2bb2bb6c08e15e0d2d3ab7a6b8b3b7c5"
+OTHER_SID = "MZ00000000000000000000000000000000"
+SILENCE_B64 = "////" * 53 + "/w=="  # 160 bytes of 0xFF: 20 ms of μ-law silence (§7)
+SILENCE = b"\xff" * 160
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- §1.2 example messages
+
+CONNECTED_D: dict[str, Any] = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+
+
+def start_d() -> dict[str, Any]:
+    return {
+        "event": "start",
+        "sequenceNumber": "1",
+        "streamSid": SID,
+        "start": {
+            "streamSid": SID,
+            "accountSid": ACCOUNT,
+            "callSid": CALL,
+            "tracks": ["inbound"],
+            "customParameters": {"FirstName": "Jane"},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    }
+
+
+def media_d(seq: int = 2, chunk: int = 1, timestamp: int = 5) -> dict[str, Any]:
+    return {
+        "event": "media",
+        "sequenceNumber": str(seq),
+        "streamSid": SID,
+        "media": {
+            "track": "inbound",
+            "chunk": str(chunk),
+            "timestamp": str(timestamp),
+            "payload": SILENCE_B64,
+        },
+    }
+
+
+def dtmf_d(seq: int = 3) -> dict[str, Any]:
+    return {
+        "event": "dtmf",
+        "sequenceNumber": str(seq),
+        "streamSid": SID,
+        "dtmf": {"track": "inbound_track", "digit": "1"},
+    }
+
+
+def mark_d(seq: int = 4) -> dict[str, Any]:
+    return {
+        "event": "mark",
+        "sequenceNumber": str(seq),
+        "streamSid": SID,
+        "mark": {"name": "utt-7"},
+    }
+
+
+def stop_d(seq: int = 5) -> dict[str, Any]:
+    return {
+        "event": "stop",
+        "sequenceNumber": str(seq),
+        "streamSid": SID,
+        "stop": {"accountSid": ACCOUNT, "callSid": CALL},
+    }
+
+
+# The §1.2 examples verbatim (whitespace and all), with the SIDs written out in full.
+EXAMPLE_TEXTS = [
+    '{"event":"connected","protocol":"Call","version":"1.0.0"}',
+    '{"event":"start","sequenceNumber":"1","streamSid":"' + SID + '",\n'
+    ' "start":{"streamSid":"' + SID + '","accountSid":"' + ACCOUNT + '","callSid":"' + CALL + '",'
+    '"tracks":["inbound"],\n  "customParameters":{"FirstName":"Jane"},\n'
+    '  "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}',
+    '{"event":"media","sequenceNumber":"2","streamSid":"' + SID + '",\n'
+    ' "media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"' + SILENCE_B64 + '"}}',
+    '{"event":"dtmf","sequenceNumber":"3","streamSid":"' + SID + '",'
+    '"dtmf":{"track":"inbound_track","digit":"1"}}',
+    '{"event":"mark","sequenceNumber":"4","streamSid":"' + SID + '","mark":{"name":"utt-7"}}',
+    '{"event":"stop","sequenceNumber":"5","streamSid":"' + SID + '",'
+    '"stop":{"accountSid":"' + ACCOUNT + '","callSid":"' + CALL + '"}}',
+]
+
+EXAMPLE_EVENTS: list[InboundEvent] = [
+    Connected(protocol="Call", version="1.0.0"),
+    Start(
+        sequence_number=1,
+        stream_sid=SID,
+        account_sid=ACCOUNT,
+        call_sid=CALL,
+        tracks=("inbound",),
+        custom_parameters={"FirstName": "Jane"},
+        encoding="audio/x-mulaw",
+        sample_rate=8000,
+        channels=1,
+    ),
+    Media(sequence_number=2, track="inbound", chunk=1, timestamp=5, payload=SILENCE),
+    Dtmf(sequence_number=3, track="inbound_track", digit="1"),
+    Mark(sequence_number=4, name="utt-7"),
+    Stop(sequence_number=5, account_sid=ACCOUNT, call_sid=CALL),
+]
+
+
+def streaming_parser() -> MediaStreamParser:
+    """A parser that has had ``connected`` and ``start`` (sequenceNumber 1)."""
+    parser = MediaStreamParser()
+    parser.receive(dumps(CONNECTED_D))
+    parser.receive(dumps(start_d()))
+    return parser
+
+
+def test_examples_parse_in_documented_order() -> None:
+    parser = MediaStreamParser()
+    assert parser.stream_sid is None
+    assert parser.start is None
+    events = [parser.receive(text) for text in EXAMPLE_TEXTS]
+    assert events == EXAMPLE_EVENTS
+    assert parser.stream_sid == SID
+    assert parser.start == EXAMPLE_EVENTS[1]
+    assert parser.stopped
+    assert parser.statistics() == ParserStatistics(
+        messages=6, media=1, gaps=0, missing=0, chunk_gaps=0, unknown_events=0
+    )
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLE_TEXTS)))
+def test_each_example_gives_its_event_type_and_values(index: int) -> None:
+    parser = MediaStreamParser()
+    for text in EXAMPLE_TEXTS[:index]:
+        parser.receive(text)
+    event = parser.receive(EXAMPLE_TEXTS[index])
+    expected = EXAMPLE_EVENTS[index]
+    assert type(event) is type(expected)
+    assert dataclasses.asdict(event) == dataclasses.asdict(expected)
+
+
+def test_state_properties_through_a_stream() -> None:
+    parser = MediaStreamParser()
+    parser.receive(EXAMPLE_TEXTS[0])
+    assert (parser.stream_sid, parser.start, parser.stopped) == (None, None, False)
+    parser.receive(EXAMPLE_TEXTS[1])
+    assert parser.stream_sid == SID
+    assert parser.start is not None and parser.start.custom_parameters == {"FirstName": "Jane"}
+    assert not parser.stopped
+    for text in EXAMPLE_TEXTS[2:]:
+        parser.receive(text)
+    assert parser.stopped
+
+
+def test_missing_custom_parameters_means_empty() -> None:
+    start = start_d()
+    del start["start"]["customParameters"]
+    parser = MediaStreamParser()
+    parser.receive(dumps(CONNECTED_D))
+    event = parser.receive(dumps(start))
+    assert isinstance(event, Start)
+    assert event.custom_parameters == {}
+
+
+def test_events_are_frozen_and_slotted() -> None:
+    event = Media(2, "inbound", 1, 5, SILENCE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.payload = b""  # type: ignore[misc]
+    assert not hasattr(event, "__dict__")
+
+
+def test_both_tracks_and_outbound_media() -> None:
+    start = start_d()
+    start["start"]["tracks"] = ["inbound", "outbound"]
+    parser = MediaStreamParser()
+    parser.receive(dumps(CONNECTED_D))
+    event = parser.receive(dumps(start))
+    assert isinstance(event, Start)
+    assert event.tracks == ("inbound", "outbound")
+    # §1.2: one chunk counter across tracks (outbound "1", inbound "2").
+    out = media_d(2, 1)
+    out["media"]["track"] = "outbound"
+    assert parser.receive(dumps(out)) == Media(2, "outbound", 1, 5, SILENCE)
+    assert parser.receive(dumps(media_d(3, 2))) == Media(3, "inbound", 2, 5, SILENCE)
+    assert parser.statistics().chunk_gaps == 0
+
+
+# --------------------------------------------------------------------------- Twilio-side builders
+
+
+def test_twilio_builders_write_exactly_the_documented_json() -> None:
+    assert json.loads(connected_message()) == CONNECTED_D
+    assert json.loads(start_message(1, SID, ACCOUNT, CALL, {"FirstName": "Jane"})) == start_d()
+    assert json.loads(inbound_media_message(2, SID, 1, 5, SILENCE)) == media_d()
+    assert json.loads(dtmf_message(3, SID, "1")) == dtmf_d()
+    assert json.loads(mark_echo_message(4, SID, "utt-7")) == mark_d()
+    assert json.loads(stop_message(5, SID, ACCOUNT, CALL)) == stop_d()
+
+
+def test_twilio_builders_round_trip_through_the_parser() -> None:
+    texts = [
+        connected_message(),
+        start_message(1, SID, ACCOUNT, CALL, {"FirstName": "Jane"}),
+        inbound_media_message(2, SID, 1, 5, SILENCE),
+        dtmf_message(3, SID, "1"),
+        mark_echo_message(4, SID, "utt-7"),
+        stop_message(5, SID, ACCOUNT, CALL),
+    ]
+    parser = MediaStreamParser()
+    assert [parser.receive(text) for text in texts] == EXAMPLE_EVENTS
+
+
+def test_inbound_media_builder_escapes_odd_sids_and_tracks() -> None:
+    text = inbound_media_message(2, 'MZ"x', 1, 0, b"\x00", track="out\\bound")
+    assert json.loads(text)["streamSid"] == 'MZ"x'
+    assert json.loads(text)["media"]["track"] == "out\\bound"
+
+
+@given(
+    first_seq=st.integers(min_value=0, max_value=10**9),
+    payloads=st.lists(st.binary(max_size=400), max_size=20),
+    params=st.dictionaries(st.text(max_size=20), st.text(max_size=30), max_size=5),
+    mark_name=st.text(max_size=40),
+    digit=st.sampled_from(list("0123456789*#")),
+)
+def test_builders_round_trip_property(
+    first_seq: int, payloads: list[bytes], params: dict[str, str], mark_name: str, digit: str
+) -> None:
+    parser = MediaStreamParser()
+    assert parser.receive(connected_message()) == Connected("Call", "1.0.0")
+    start = parser.receive(start_message(first_seq, SID, ACCOUNT, CALL, params))
+    assert isinstance(start, Start)
+    assert (start.sequence_number, start.custom_parameters) == (first_seq, params)
+    seq = first_seq
+    for index, payload in enumerate(payloads):
+        seq += 1
+        text = inbound_media_message(seq, SID, index + 1, 20 * index, payload)
+        assert parser.receive(text) == Media(seq, "inbound", index + 1, 20 * index, payload)
+    assert parser.receive(dtmf_message(seq + 1, SID, digit)) == Dtmf(
+        seq + 1, "inbound_track", digit
+    )
+    assert parser.receive(mark_echo_message(seq + 2, SID, mark_name)) == Mark(seq + 2, mark_name)
+    assert parser.receive(stop_message(seq + 3, SID, ACCOUNT, CALL)) == Stop(seq + 3, ACCOUNT, CALL)
+    stats = parser.statistics()
+    assert (stats.messages, stats.media, stats.gaps, stats.missing) == (
+        len(payloads) + 5,
+        len(payloads),
+        0,
+        0,
+    )
+
+
+# --------------------------------------------------------------------------- malformed input
+
+
+def with_change(base: dict[str, Any] | str, path: str, value: Any) -> str:
+    """``base`` (a dict or JSON) as JSON, with the dotted ``path`` set to ``value``, or deleted."""
+    obj = json.loads(base if isinstance(base, str) else json.dumps(base))
+    *parents, last = path.split(".")
+    target = obj
+    for key in parents:
+        target = target[key]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return dumps(obj)
+
+
+DELETE = object()
+C = dumps(CONNECTED_D)
+S = dumps(start_d())
+STREAMING = [C, S]
+
+
+def big_text() -> str:
+    padded = media_d()
+    padded["media"]["payload"] = "A" * MAX_MESSAGE_BYTES
+    return dumps(padded)
+
+
+# (id, messages fed first, bad message, exception type, close code, text in the error)
+MALFORMED: list[tuple[str, list[str], str | bytes, type[ProtocolError], int, str]] = [
+    ("bad JSON", [], '{"event":', ProtocolError, CLOSE_INVALID_PAYLOAD, "invalid JSON"),
+    ("JSON array", [], "[1, 2]", ProtocolError, CLOSE_INVALID_PAYLOAD, "JSON object"),
+    ("JSON string", STREAMING, '"media"', ProtocolError, CLOSE_INVALID_PAYLOAD, "JSON object"),
+    ("binary frame", [], C.encode(), ProtocolError, CLOSE_UNSUPPORTED_DATA, "binary"),
+    (
+        "unknown event",
+        STREAMING,
+        dumps({"event": "speak", "sequenceNumber": "2", "streamSid": SID}),
+        UnknownEventError,
+        CLOSE_UNSUPPORTED_DATA,
+        "speak",
+    ),
+    ("event not a string", STREAMING, '{"event":5}', ProtocolError, CLOSE_INVALID_PAYLOAD, "event"),
+    ("event missing", STREAMING, '{"media":{}}', ProtocolError, CLOSE_INVALID_PAYLOAD, "event"),
+    (
+        "missing streamSid",
+        STREAMING,
+        with_change(media_d(), "streamSid", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "streamSid: missing",
+    ),
+    (
+        "streamSid not a string",
+        STREAMING,
+        with_change(media_d(), "streamSid", 7),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "streamSid: expected a string",
+    ),
+    (
+        "missing media.payload",
+        STREAMING,
+        with_change(media_d(), "media.payload", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.payload",
+    ),
+    (
+        "media not an object",
+        STREAMING,
+        with_change(media_d(), "media", [1]),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media: expected an object",
+    ),
+    (
+        "sequenceNumber as int",
+        STREAMING,
+        with_change(media_d(), "sequenceNumber", 2),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "sequenceNumber",
+    ),
+    *[
+        (
+            f"sequenceNumber {bad!r}",
+            STREAMING,
+            with_change(media_d(), "sequenceNumber", bad),
+            ProtocolError,
+            CLOSE_INVALID_PAYLOAD,
+            "sequenceNumber: expected a string holding a non-negative decimal integer",
+        )
+        for bad in ["", "-1", "1.5", " 2", "2 ", "+2", "\u0662", "1" * 20, 2.0, None]
+    ],
+    (
+        "chunk as int",
+        STREAMING,
+        with_change(media_d(), "media.chunk", 1),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.chunk",
+    ),
+    (
+        'timestamp "abc"',
+        STREAMING,
+        with_change(media_d(), "media.timestamp", "abc"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.timestamp",
+    ),
+    (
+        "sampleRate as string",
+        [C],
+        with_change(start_d(), "start.mediaFormat.sampleRate", "8000"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.mediaFormat.sampleRate: expected an integer",
+    ),
+    (
+        "sampleRate True",
+        [C],
+        with_change(start_d(), "start.mediaFormat.sampleRate", True),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.mediaFormat.sampleRate: expected an integer",
+    ),
+    (
+        "sampleRate 16000",
+        [C],
+        with_change(start_d(), "start.mediaFormat.sampleRate", 16000),
+        ProtocolError,
+        CLOSE_UNSUPPORTED_DATA,
+        "sampleRate",
+    ),
+    (
+        "channels 2",
+        [C],
+        with_change(start_d(), "start.mediaFormat.channels", 2),
+        ProtocolError,
+        CLOSE_UNSUPPORTED_DATA,
+        "channels",
+    ),
+    (
+        "channels 1.0",
+        [C],
+        with_change(start_d(), "start.mediaFormat.channels", 1.0),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.mediaFormat.channels: expected an integer",
+    ),
+    (
+        "encoding audio/x-alaw",
+        [C],
+        with_change(start_d(), "start.mediaFormat.encoding", "audio/x-alaw"),
+        ProtocolError,
+        CLOSE_UNSUPPORTED_DATA,
+        "audio/x-alaw",
+    ),
+    (
+        "mediaFormat missing",
+        [C],
+        with_change(start_d(), "start.mediaFormat", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.mediaFormat: missing",
+    ),
+    (
+        "tracks not a list",
+        [C],
+        with_change(start_d(), "start.tracks", "inbound"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.tracks",
+    ),
+    (
+        "tracks item not a string",
+        [C],
+        with_change(start_d(), "start.tracks", ["inbound", 1]),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.tracks[1]",
+    ),
+    (
+        "customParameters value not a string",
+        [C],
+        with_change(start_d(), "start.customParameters", {"FirstName": 5}),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.customParameters.FirstName: expected a string",
+    ),
+    (
+        "customParameters not an object",
+        [C],
+        with_change(start_d(), "start.customParameters", ["FirstName"]),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.customParameters",
+    ),
+    (
+        "start.callSid missing",
+        [C],
+        with_change(start_d(), "start.callSid", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.callSid: missing (expected a string)",
+    ),
+    (
+        "start.callSid not a string",
+        [C],
+        with_change(start_d(), "start.callSid", 1),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "start.callSid: expected a string",
+    ),
+    (
+        "start streamSid not alphanumeric",
+        [C],
+        with_change(with_change(start_d(), "streamSid", 'MZ"1'), "start.streamSid", 'MZ"1'),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "streamSid",
+    ),
+    (
+        "start.streamSid differs from top-level",
+        [C],
+        with_change(start_d(), "start.streamSid", OTHER_SID),
+        ProtocolError,
+        CLOSE_POLICY_VIOLATION,
+        "streamSid mismatch",
+    ),
+    (
+        "connected missing version",
+        [],
+        with_change(CONNECTED_D, "version", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "version: missing",
+    ),
+    ("media before start", [C], dumps(media_d()), ProtocolError, CLOSE_PROTOCOL_ERROR, "before"),
+    ("start before connected", [], S, ProtocolError, CLOSE_PROTOCOL_ERROR, "connected"),
+    (
+        "unknown event before connected",
+        [],
+        '{"event":"hello"}',
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "connected",
+    ),
+    ("second connected", [C], C, ProtocolError, CLOSE_PROTOCOL_ERROR, "second 'connected'"),
+    ("second start", STREAMING, S, ProtocolError, CLOSE_PROTOCOL_ERROR, "second 'start'"),
+    (
+        "media after stop",
+        [*STREAMING, dumps(stop_d(2))],
+        dumps(media_d(3)),
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "after 'stop'",
+    ),
+    (
+        "stop after stop",
+        [*STREAMING, dumps(stop_d(2))],
+        dumps(stop_d(3)),
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "after 'stop'",
+    ),
+    (
+        "unknown event after stop",
+        [*STREAMING, dumps(stop_d(2))],
+        '{"event":"bye"}',
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "after 'stop'",
+    ),
+    (
+        "wrong streamSid on media",
+        STREAMING,
+        with_change(media_d(), "streamSid", OTHER_SID),
+        ProtocolError,
+        CLOSE_POLICY_VIOLATION,
+        "streamSid mismatch",
+    ),
+    (
+        "wrong streamSid on mark",
+        STREAMING,
+        with_change(mark_d(2), "streamSid", OTHER_SID),
+        ProtocolError,
+        CLOSE_POLICY_VIOLATION,
+        "streamSid mismatch",
+    ),
+    ("frame over 64 KiB", STREAMING, big_text(), ProtocolError, CLOSE_MESSAGE_TOO_BIG, "too big"),
+    (
+        "non-ASCII frame over 64 KiB in UTF-8 only",
+        STREAMING,
+        dumps({"event": "mark", "mark": {"name": "é" * 40000}}).replace("\\u00e9", "é"),
+        ProtocolError,
+        CLOSE_MESSAGE_TOO_BIG,
+        "too big",
+    ),
+    (
+        "deeply nested JSON",
+        STREAMING,
+        "[" * 60000,
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "invalid JSON",
+    ),
+    (
+        "bad base64",
+        STREAMING,
+        with_change(media_d(), "media.payload", "////*w=="),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.payload: invalid base64",
+    ),
+    (
+        "base64 missing padding",
+        STREAMING,
+        with_change(media_d(), "media.payload", "//8"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.payload: invalid base64",
+    ),
+    (
+        "non-ASCII base64",
+        STREAMING,
+        with_change(media_d(), "media.payload", "é///"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.payload: invalid base64",
+    ),
+    (
+        "payload null",
+        STREAMING,
+        with_change(media_d(), "media.payload", None),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.payload: expected a string, got null",
+    ),
+    (
+        'track "sideways"',
+        STREAMING,
+        with_change(media_d(), "media.track", "sideways"),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "media.track",
+    ),
+    (
+        "sequenceNumber going backwards",
+        [*STREAMING, dumps(media_d(2, 1))],
+        dumps(media_d(2, 2)),
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "sequenceNumber went backwards",
+    ),
+    (
+        "sequenceNumber going backwards on dtmf",
+        [*STREAMING, dumps(media_d(5, 1))],
+        dumps(dtmf_d(4)),
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "sequenceNumber went backwards",
+    ),
+    (
+        "unknown event going backwards",
+        [*STREAMING, dumps(media_d(5, 1))],
+        dumps({"event": "speak", "sequenceNumber": "5"}),
+        ProtocolError,
+        CLOSE_PROTOCOL_ERROR,
+        "sequenceNumber went backwards",
+    ),
+    (
+        "dtmf missing digit",
+        STREAMING,
+        with_change(dtmf_d(2), "dtmf.digit", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "dtmf.digit: missing",
+    ),
+    (
+        "mark name not a string",
+        STREAMING,
+        with_change(mark_d(2), "mark.name", ["utt-7"]),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "mark.name: expected a string",
+    ),
+    (
+        "stop missing callSid",
+        STREAMING,
+        with_change(stop_d(2), "stop.callSid", DELETE),
+        ProtocolError,
+        CLOSE_INVALID_PAYLOAD,
+        "stop.callSid: missing",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "message", "error", "close_code", "text"),
+    [pytest.param(*case[1:], id=case[0]) for case in MALFORMED],
+)
+def test_malformed_input_is_refused(
+    prefix: list[str],
+    message: str | bytes,
+    error: type[ProtocolError],
+    close_code: int,
+    text: str,
+) -> None:
+    parser = MediaStreamParser()
+    for good in prefix:
+        parser.receive(good)
+    before = parser.statistics()
+    with pytest.raises(ProtocolError) as excinfo:
+        parser.receive(message)
+    assert type(excinfo.value) is error
+    assert excinfo.value.close_code == close_code
+    assert text in str(excinfo.value)
+    assert len(str(excinfo.value)) < 300
+    if error is ProtocolError:
+        assert parser.statistics() == before  # a refused message changes nothing
+
+
+def test_malformed_table_is_large_enough() -> None:
+    assert len(MALFORMED) >= 25
+
+
+def test_message_of_exactly_the_limit_is_not_too_big() -> None:
+    text = dumps({"event": "mark", "sequenceNumber": "2", "streamSid": SID, "mark": {"name": ""}})
+    padded = text.replace('"name":""', '"name":"' + "x" * (MAX_MESSAGE_BYTES - len(text)) + '"')
+    assert len(padded) == MAX_MESSAGE_BYTES
+    event = streaming_parser().receive(padded)
+    assert isinstance(event, Mark)
+
+
+def test_refused_media_leaves_parser_usable() -> None:
+    parser = streaming_parser()
+    with pytest.raises(ProtocolError):
+        parser.receive(with_change(media_d(2), "media.payload", "!!"))
+    assert parser.receive(dumps(media_d(2))) == Media(2, "inbound", 1, 5, SILENCE)
+    assert parser.statistics().gaps == 0
+
+
+# --------------------------------------------------------------------------- unknown events
+
+
+def test_unknown_event_is_counted_and_parser_carries_on() -> None:
+    parser = streaming_parser()
+    parser.receive(dumps(media_d(2, 1)))
+    with pytest.raises(UnknownEventError) as excinfo:
+        parser.receive(dumps({"event": "transcript", "sequenceNumber": "3", "streamSid": SID}))
+    assert excinfo.value.event == "transcript"
+    assert excinfo.value.close_code == CLOSE_UNSUPPORTED_DATA
+    # Its sequence number was counted, so the next message is not a gap.
+    assert parser.receive(dumps(media_d(4, 2))) == Media(4, "inbound", 2, 5, SILENCE)
+    assert parser.receive(dumps(stop_d(5))) == Stop(5, ACCOUNT, CALL)
+    assert parser.statistics() == ParserStatistics(
+        messages=6, media=2, gaps=0, missing=0, chunk_gaps=0, unknown_events=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("unknown", "next_seq", "gaps"),
+    [
+        ({"event": "x"}, 2, 0),  # no sequenceNumber: nothing to count
+        ({"event": "x", "sequenceNumber": "2"}, 3, 0),
+        ({"event": "x", "sequenceNumber": 2}, 2, 0),  # invalid: ignored
+        ({"event": "x", "sequenceNumber": "4"}, 5, 1),  # its own jump is a gap
+        ({"event": "Media", "sequenceNumber": "2"}, 3, 0),  # event names are case-sensitive
+    ],
+)
+def test_unknown_event_sequence_accounting(
+    unknown: dict[str, Any], next_seq: int, gaps: int
+) -> None:
+    parser = streaming_parser()
+    with pytest.raises(UnknownEventError):
+        parser.receive(dumps(unknown))
+    parser.receive(dumps(media_d(next_seq)))
+    assert parser.statistics().gaps == gaps
+    assert parser.statistics().unknown_events == 1
+
+
+def test_unknown_event_between_connected_and_start() -> None:
+    parser = MediaStreamParser()
+    parser.receive(C)
+    with pytest.raises(UnknownEventError):
+        parser.receive('{"event":"hello","sequenceNumber":"1"}')
+    start = with_change(start_d(), "sequenceNumber", "2")
+    assert isinstance(parser.receive(start), Start)
+    assert parser.statistics().gaps == 0
+    assert parser.statistics().unknown_events == 1
+
+
+def test_huge_unknown_event_name_is_cut_short() -> None:
+    parser = streaming_parser()
+    with pytest.raises(UnknownEventError) as excinfo:
+        parser.receive(dumps({"event": "y" * 5000}))
+    assert len(excinfo.value.event) <= 100
+
+
+# --------------------------------------------------------------------------- gaps
+
+
+@pytest.mark.parametrize(
+    ("sequence", "gaps", "missing"),
+    [
+        ([2, 3, 4, 5], 0, 0),
+        ([2, 4], 1, 1),
+        ([3], 1, 1),
+        ([2, 5, 6, 10], 2, 5),
+        ([100], 1, 98),
+        ([2, 3, 13, 14, 15, 17], 2, 10),
+        ([], 0, 0),
+    ],
+)
+def test_sequence_gaps(sequence: list[int], gaps: int, missing: int) -> None:
+    parser = streaming_parser()
+    for chunk, seq in enumerate(sequence, start=1):
+        assert parser.receive(dumps(media_d(seq, chunk))) == Media(
+            seq, "inbound", chunk, 5, SILENCE
+        )
+    stats = parser.statistics()
+    assert (stats.gaps, stats.missing, stats.chunk_gaps) == (gaps, missing, 0)
+    assert stats.media == len(sequence)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "chunk_gaps"),
+    [
+        ([1, 2, 3], 0),
+        ([1, 3], 1),
+        ([1, 5, 6, 9], 2),
+        ([2, 3], 0),  # the first chunk is taken as it comes
+        ([1, 1, 2], 0),  # a repeated or earlier chunk is not a gap, and not an error
+        ([3, 1, 2], 0),
+    ],
+)
+def test_chunk_gaps(chunks: list[int], chunk_gaps: int) -> None:
+    parser = streaming_parser()
+    for seq, chunk in enumerate(chunks, start=2):
+        parser.receive(dumps(media_d(seq, chunk)))
+    stats = parser.statistics()
+    assert (stats.gaps, stats.chunk_gaps) == (0, chunk_gaps)
+
+
+def test_gaps_span_all_event_types() -> None:
+    parser = streaming_parser()
+    parser.receive(dumps(media_d(2, 1)))
+    parser.receive(dumps(dtmf_d(4)))
+    parser.receive(dumps(mark_d(5)))
+    parser.receive(dumps(media_d(8, 2)))
+    parser.receive(dumps(stop_d(9)))
+    stats = parser.statistics()
+    assert (stats.gaps, stats.missing, stats.messages) == (2, 3, 7)
+
+
+def test_start_sequence_number_is_recorded_not_enforced() -> None:
+    parser = MediaStreamParser()
+    parser.receive(C)
+    start = parser.receive(with_change(start_d(), "sequenceNumber", "7"))
+    assert isinstance(start, Start) and start.sequence_number == 7
+    parser.receive(dumps(media_d(8)))
+    assert parser.statistics().gaps == 0
+
+
+@given(steps=st.lists(st.integers(min_value=1, max_value=50), max_size=30))
+def test_gap_counts_property(steps: list[int]) -> None:
+    parser = streaming_parser()
+    seq = 1
+    for chunk, step in enumerate(steps, start=1):
+        seq += step
+        parser.receive(inbound_media_message(seq, SID, chunk, 0, SILENCE))
+    stats = parser.statistics()
+    assert stats.gaps == sum(1 for step in steps if step > 1)
+    assert stats.missing == sum(step - 1 for step in steps)
+
+
+# --------------------------------------------------------------------------- robustness
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    event=st.sampled_from(["media", "start", "dtmf", "mark", "stop", "connected", "other"]),
+    body=st.dictionaries(
+        st.sampled_from(["sequenceNumber", "streamSid", "media", "dtmf", "mark", "stop", "start"]),
+        JSON_VALUES,
+    ),
+)
+def test_arbitrary_json_raises_only_protocol_errors(event: str, body: dict[str, Any]) -> None:
+    parser = streaming_parser()
+    with contextlib.suppress(ProtocolError):
+        parser.receive(dumps({"event": event, **body}))
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_arbitrary_frames_raise_only_protocol_errors(message: str | bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        streaming_parser().receive(message)
+
+
+# --------------------------------------------------------------------------- server → Twilio
+
+
+def test_server_builders_write_exactly_the_documented_json() -> None:
+    assert json.loads(media_message(SID, SILENCE)) == {
+        "event": "media",
+        "streamSid": SID,
+        "media": {"payload": SILENCE_B64},
+    }
+    assert json.loads(mark_message(SID, "utt-7")) == {
+        "event": "mark",
+        "streamSid": SID,
+        "mark": {"name": "utt-7"},
+    }
+    assert json.loads(clear_message(SID)) == {"event": "clear", "streamSid": SID}
+
+
+def test_media_message_is_compact_text() -> None:
+    expected = '{"event":"media","streamSid":"' + SID + '","media":{"payload":"' + SILENCE_B64
+    assert media_message(SID, SILENCE) == expected + '"}}'
+    assert media_message(SID, bytearray(SILENCE)) == media_message(SID, memoryview(SILENCE))
+
+
+def test_media_message_escapes_a_non_alphanumeric_sid() -> None:
+    assert json.loads(media_message('M"Z\\', b"\x01"))["streamSid"] == 'M"Z\\'
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["utt-7", 'say "hi"', "naïve ☎ 🎉", "back\\slash", "", "line\nbreak", "</script>", "\x00"],
+)
+def test_mark_names_survive(name: str) -> None:
+    text = mark_message(SID, name)
+    assert json.loads(text)["mark"]["name"] == name
+    assert parse_outbound(text) == OutMark(SID, name)
+    # ... and Twilio's echo of it comes back through the parser unchanged.
+    assert streaming_parser().receive(mark_echo_message(2, SID, name)) == Mark(2, name)
+
+
+@given(payload=st.binary(max_size=2000))
+def test_outbound_round_trip_property(payload: bytes) -> None:
+    assert parse_outbound(media_message(SID, payload)) == OutMedia(SID, payload)
+
+
+def test_outbound_round_trip() -> None:
+    assert parse_outbound(media_message(SID, SILENCE)) == OutMedia(SID, SILENCE)
+    assert parse_outbound(mark_message(SID, "utt-7")) == OutMark(SID, "utt-7")
+    assert parse_outbound(clear_message(SID)) == OutClear(SID)
+
+
+@pytest.mark.parametrize(
+    ("message", "close_code", "text"),
+    [
+        pytest.param(clear_message(SID).encode(), CLOSE_UNSUPPORTED_DATA, "binary", id="binary"),
+        pytest.param("{", CLOSE_INVALID_PAYLOAD, "invalid JSON", id="bad JSON"),
+        pytest.param("[]", CLOSE_INVALID_PAYLOAD, "JSON object", id="array"),
+        pytest.param('{"streamSid":"MZ1"}', CLOSE_INVALID_PAYLOAD, "event", id="no event"),
+        pytest.param('{"event":1}', CLOSE_INVALID_PAYLOAD, "event", id="event not a string"),
+        pytest.param(dumps(dtmf_d()), CLOSE_UNSUPPORTED_DATA, "dtmf", id="dtmf from server"),
+        pytest.param('{"event":"Clear"}', CLOSE_UNSUPPORTED_DATA, "Clear", id="unknown event"),
+        pytest.param('{"event":"clear"}', CLOSE_INVALID_PAYLOAD, "streamSid", id="clear no sid"),
+        pytest.param(
+            '{"event":"clear","streamSid":"MZ 1"}', CLOSE_INVALID_PAYLOAD, "streamSid", id="bad sid"
+        ),
+        pytest.param(
+            '{"event":"media","streamSid":"MZ1"}', CLOSE_INVALID_PAYLOAD, "media", id="no media"
+        ),
+        pytest.param(
+            '{"event":"media","streamSid":"MZ1","media":{"payload":"a"}}',
+            CLOSE_INVALID_PAYLOAD,
+            "media.payload: invalid base64",
+            id="bad base64",
+        ),
+        pytest.param(
+            '{"event":"media","streamSid":"MZ1","media":{"payload":5}}',
+            CLOSE_INVALID_PAYLOAD,
+            "media.payload",
+            id="payload not a string",
+        ),
+        pytest.param(
+            '{"event":"mark","streamSid":"MZ1","mark":{}}',
+            CLOSE_INVALID_PAYLOAD,
+            "mark.name: missing",
+            id="mark no name",
+        ),
+        pytest.param(
+            '{"event":"mark","streamSid":"MZ1","mark":"utt"}',
+            CLOSE_INVALID_PAYLOAD,
+            "mark: expected an object",
+            id="mark not an object",
+        ),
+    ],
+)
+def test_parse_outbound_refuses_malformed(message: str | bytes, close_code: int, text: str) -> None:
+    with pytest.raises(ProtocolError) as excinfo:
+        parse_outbound(message)
+    assert type(excinfo.value) is ProtocolError  # unknown events are errors here
+    assert excinfo.value.close_code == close_code
+    assert text in str(excinfo.value)
