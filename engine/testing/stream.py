@@ -66,6 +66,7 @@ class StreamRecord:
     close_code: int | None = None
     close_reason: str | None = None
     closed_by_server: bool = False
+    """Whether the server closed the stream before the caller sent ``stop``."""
 
     def heard_ms(self) -> int:
         """How much non-silent bot audio the caller heard."""
@@ -204,7 +205,7 @@ class EmulatedStream:
                         for name in pending:
                             await self._echo_mark(name)
         except trio_websocket.ConnectionClosed as exc:
-            record.closed_by_server = True
+            record.closed_by_server = not self._stopped
             record.close_code = exc.reason.code
             record.close_reason = exc.reason.reason
             self.closed.set()
@@ -267,6 +268,15 @@ class EmulatedStream:
             await self._ws.aclose()
         except trio_websocket.ConnectionClosed:
             pass
+
+    async def send_numbered(self, build: Callable[[int], str]) -> None:
+        """Send ``build(sequence_number)`` with the stream's next sequence number."""
+        await self._send(build)
+
+    async def send_raw(self, message: str | bytes) -> None:
+        """Send any message as it is — for testing how a server takes malformed input."""
+        async with self._send_lock:
+            await self._ws.send_message(message)
 
     async def abort(self) -> None:
         """Drop the TCP connection without a closing handshake (a network failure)."""

@@ -1,0 +1,191 @@
+"""Call sessions in an in-process server over real loopback sockets: isolation and teardown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import trio
+import trio_websocket
+
+from conftest import sentences, spoken
+from engine.control.signature import compute_signature
+from engine.media.frames import Audio, Dtmf
+from engine.media.session import SessionConfig
+from engine.media.stage import CallContext, Stage
+from engine.server import ServerConfig, VoiceServer
+from engine.testing import StreamRecord, open_inbound_call
+from pipelines.echo import Echo
+
+TOKEN = "test-auth-token"
+SESSION_TASKS = ("_read", "_run_stage", "run_playout")
+
+
+class FragileEcho(Echo):
+    """Echo that fails when the caller presses 9."""
+
+    async def run(self, call: CallContext) -> None:
+        async for frame in call:
+            match frame:
+                case Dtmf(digit="9"):
+                    raise RuntimeError("the stage broke")
+                case Audio():
+                    await self.on_audio(call, frame)
+
+
+@asynccontextmanager
+async def running_server(
+    factory: Callable[[], Stage] = Echo, **session: float
+) -> AsyncIterator[tuple[VoiceServer, str]]:
+    config = ServerConfig(
+        stage_factory=factory,
+        auth_token=TOKEN,
+        port=0,
+        session=replace(SessionConfig(), **session),
+    )
+    server = VoiceServer(config)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        yield server, url
+        server.shutdown()
+
+
+def session_tasks() -> list[str]:
+    found: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        if any(task.name.endswith(name) for name in SESSION_TASKS):
+            found.append(task.name)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return found
+
+
+def assert_echoed_everything(record: StreamRecord) -> None:
+    echoed = b"".join(payload for _, payload in record.received)
+    assert len(echoed) > 0
+    assert echoed == record.mic[: len(echoed)]
+    assert len(record.mic) - len(echoed) <= 5 * 160
+
+
+async def test_killing_the_callers_socket_ends_every_task_of_the_call() -> None:
+    async with running_server() as (server, url):
+        async with open_inbound_call(url, TOKEN) as call:
+            await call.say(spoken(sentences()[0])[:16000])
+            assert len(server.sessions) == 1
+            assert sorted(session_tasks()) == sorted(
+                n for n in session_tasks() if n.endswith(SESSION_TASKS)
+            )
+            assert len(session_tasks()) == 3
+            await call.abort()
+            ended_at = trio.current_time()
+            with trio.fail_after(1):
+                while server.sessions or session_tasks():
+                    await trio.sleep(0.01)
+            assert trio.current_time() - ended_at < 1
+            await call.closed.wait()
+        assert session_tasks() == []
+
+
+async def test_a_failing_stage_ends_only_its_own_call() -> None:
+    audio = spoken(sentences()[1])
+    records: list[StreamRecord] = []
+    async with running_server(FragileEcho) as (server, url):
+
+        async def healthy() -> None:
+            async with open_inbound_call(url, TOKEN) as call:
+                await call.say(audio)
+            records.append(call.record)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(healthy)
+            async with open_inbound_call(url, TOKEN) as doomed:
+                await doomed.pause(0.3)
+                await doomed.dtmf("9")
+                with trio.fail_after(2):
+                    await doomed.closed.wait()
+    assert doomed.record.close_code == 1011
+    assert len(records) == 5
+    for record in records:
+        assert record.close_code is None or record.close_code == 1000
+        assert_echoed_everything(record)
+
+
+async def test_malformed_input_closes_with_its_code_and_spares_the_others() -> None:
+    cases = {
+        "not json": 1007,
+        b"\x00binary": 1003,
+        '{"event":"media","sequenceNumber":"9999","streamSid":"MZ00"}': 1008,
+        '{"event":"media","sequenceNumber":1}': 1007,
+    }
+    audio = spoken(sentences()[2])
+    outcomes: dict[str | bytes, int | None] = {}
+    healthy: list[StreamRecord] = []
+    async with running_server() as (server, url):
+
+        async def good() -> None:
+            async with open_inbound_call(url, TOKEN) as call:
+                await call.say(audio)
+            healthy.append(call.record)
+
+        async def bad(message: str | bytes) -> None:
+            async with open_inbound_call(url, TOKEN) as call:
+                await call.pause(0.2)
+                await call.send_raw(message)
+                with trio.fail_after(2):
+                    await call.closed.wait()
+            outcomes[message] = call.record.close_code
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(good)
+            for message in cases:
+                nursery.start_soon(bad, message)
+    assert outcomes == cases
+    assert len(healthy) == 3
+    for record in healthy:
+        assert_echoed_everything(record)
+
+
+async def test_unknown_events_are_ignored_and_the_call_goes_on() -> None:
+    async with running_server() as (server, url):
+        async with open_inbound_call(url, TOKEN) as call:
+            await call.pause(0.2)
+            await call.send_numbered(
+                lambda seq: '{"event":"newthing","sequenceNumber":"%d","streamSid":"%s"}'
+                % (seq, call.stream_sid)
+            )
+            await call.say(spoken(sentences()[3])[:8000])
+            await call.pause(0.3)
+        assert not call.record.closed_by_server
+        assert_echoed_everything(call.record)
+
+
+async def test_a_stream_that_never_starts_is_closed() -> None:
+    async with running_server(start_timeout=0.3) as (server, url):
+        ws_url = url.replace("http", "ws") + "/twilio/media"
+        headers = [("X-Twilio-Signature", compute_signature(ws_url, {}, TOKEN))]
+        async with trio_websocket.open_websocket_url(ws_url, extra_headers=headers) as ws:
+            with trio.fail_after(2):
+                try:
+                    await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason.code == 1008
+                else:
+                    raise AssertionError("server sent something before start")
+        assert not server.sessions
+
+
+async def test_shutdown_ends_calls_with_going_away() -> None:
+    async with running_server() as (server, url):
+        async with open_inbound_call(url, TOKEN) as call:
+            await call.pause(0.3)
+            server.shutdown()
+            with trio.fail_after(3):
+                await call.closed.wait()
+    assert call.record.close_code == 1001
