@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the voice server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 = any)")
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port to bind (default 8080; 0 = any)"
+    )
     serve.add_argument(
         "--public-url",
         default=os.environ.get("PUBLIC_URL"),
@@ -48,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="server + emulated Twilio call, no account needed")
-    demo.add_argument("--pipeline", default="turn-echo", help="pipeline to demo (default turn-echo)")
+    demo.add_argument(
+        "--pipeline", default="turn-echo", help="pipeline to demo (default turn-echo)"
+    )
     demo.add_argument(
         "--say",
         default="Hello! I would like to book a table for two people tomorrow evening.",

@@ -33,7 +33,7 @@ class ConfigError(EngineError):
 
 
 class ProtocolError(EngineError):
-    """A peer broke the Media Streams protocol; ``close_code`` is the WebSocket code to close with."""
+    """A peer broke the Media Streams protocol; ``close_code`` is the WebSocket close code."""
 
     def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +23,15 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ASGIReceiveCallable as Receive
+from hypercorn.typing import ASGISendCallable as Send
+from hypercorn.typing import (
+    Scope,
+    WebsocketAcceptEvent,
+    WebsocketCloseEvent,
+    WebsocketScope,
+    WebsocketSendEvent,
+)
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -39,9 +48,6 @@ __all__ = ["ServerConfig", "VoiceServer"]
 log = logging.getLogger(__name__)
 
 MEDIA_PATH = "/twilio/media"
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +113,15 @@ class _AsgiMediaSocket:
             raise ConnectionClosed(None, "closed")
         message = await self._receive()
         if message["type"] == "websocket.receive":
-            text: str | None = message.get("text")
+            text = message.get("text")
             return text if text is not None else message.get("bytes") or b""
         self._closed = True
-        raise ConnectionClosed(message.get("code"), "peer closed")
+        raise ConnectionClosed(message.get("code"), "peer closed")  # type: ignore[arg-type]
 
     async def send(self, message: str) -> None:
         if self._closed:
             raise ConnectionClosed(None, "closed")
-        await self._send({"type": "websocket.send", "text": message})
+        await self._send(WebsocketSendEvent(type="websocket.send", bytes=None, text=message))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
@@ -123,7 +129,7 @@ class _AsgiMediaSocket:
         self._closed = True
         reason = reason.encode()[:123].decode(errors="ignore")
         try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            await self._send(WebsocketCloseEvent(type="websocket.close", code=code, reason=reason))
         except Exception:  # the peer may be gone already; closing is best effort
             log.debug("close after peer left", exc_info=True)
 
@@ -161,23 +167,26 @@ class VoiceServer:
         assert self.config.auth_token is not None
         return is_valid_signature(url, params, signature, self.config.auth_token)
 
-    async def _media(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _media(self, scope: WebsocketScope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         assert self.public_url is not None
         url = stream_url(self.public_url, MEDIA_PATH)
         query = scope.get("query_string", b"")
         if query:
             url += "?" + query.decode("latin-1")
-        if await receive() != {"type": "websocket.connect"}:
+        if (await receive())["type"] != "websocket.connect":
             return
         if not self._signed(url, {}, headers.get("x-twilio-signature")):
             log.warning("media stream refused: bad X-Twilio-Signature on the handshake")
-            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            # Closing before accepting makes hypercorn answer the handshake with HTTP 403.
+            await send(WebsocketCloseEvent(type="websocket.close", code=1008, reason=None))
             return
         if self._shutdown.is_set():
-            await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
+            await send(
+                WebsocketCloseEvent(type="websocket.close", code=CLOSE_GOING_AWAY, reason=None)
+            )
             return
-        await send({"type": "websocket.accept"})
+        await send(WebsocketAcceptEvent(type="websocket.accept", subprotocol=None, headers=[]))
         session = CallSession(
             _AsgiMediaSocket(receive, send),
             self.config.stage_factory,
@@ -259,5 +268,3 @@ class VoiceServer:
                 self.public_url = binds[0].rstrip("/")
             log.info("listening on %s (public URL %s)", ", ".join(binds), self.public_url)
             task_status.started(self.public_url)
-
-

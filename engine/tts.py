@@ -20,7 +20,7 @@ from engine.errors import EngineError
 from engine.media.codec import SAMPLE_RATE, resample, ulaw_encode
 from engine.media.frames import PCM
 
-__all__ = ["TTSError", "synthesize", "synthesize_chunks", "speak_ulaw"]
+__all__ = ["TTSError", "speak_ulaw", "synthesize", "synthesize_chunks"]
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1

@@ -29,7 +29,11 @@ class RecordingTurnEcho(TurnEcho):
             case Utterance():
                 entry |= {"start": frame.start, "end": frame.end, "ms": frame.duration_ms}
             case Interrupted():
-                entry |= {"label": frame.label, "heard_ms": frame.heard_ms, "dropped": frame.dropped_ms}
+                entry |= {
+                    "label": frame.label,
+                    "heard_ms": frame.heard_ms,
+                    "dropped": frame.dropped_ms,
+                }
             case PlaybackDone():
                 entry |= {"label": frame.label, "heard_ms": frame.heard_ms}
         with open(self.path, "a") as f:

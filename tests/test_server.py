@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
-
 from conftest import sentences, spoken
+
 from engine.control.signature import compute_signature
 from engine.media.codec import FRAME_BYTES
 from engine.testing import EmulatorError, open_inbound_call, open_stream, ring
@@ -92,9 +92,7 @@ async def test_twenty_concurrent_calls_each_hear_only_their_own_audio(serve) -> 
                 assert needle not in heard, f"call {i} heard call {j}'s audio"
 
 
-async def test_barge_in_clears_within_two_frames_and_tells_the_stage(
-    serve, tmp_path: Path
-) -> None:
+async def test_barge_in_clears_within_two_frames_and_tells_the_stage(serve, tmp_path: Path) -> None:
     record_path = tmp_path / "events.jsonl"
     server = serve("recording_stage:create", env={"RECORD_PATH": str(record_path)})
     first = spoken(sentences()[3] + " " + sentences()[4])  # a long reply to interrupt
@@ -120,7 +118,7 @@ async def test_barge_in_clears_within_two_frames_and_tells_the_stage(
     assert 0 <= last_sent_ts - detected_at <= 40, (last_sent_ts, detected_at)
     # The stage is told the heard length: what the emulated caller actually played.
     clear_tick = int((clear_time - record.t0) / 0.020)
-    played_ms = 20 * sum(record.played[:clear_tick + 1])
+    played_ms = 20 * sum(record.played[: clear_tick + 1])
     assert interrupted[0]["label"] == "turn-1"
     assert abs(interrupted[0]["heard_ms"] - played_ms) <= 60, (interrupted, played_ms)
     assert interrupted[0]["dropped"] > 0

@@ -112,7 +112,7 @@ class FrameChannel(Generic[T]):
                 return
 
     def receive_nowait(self) -> T:
-        """Take the oldest item, or raise ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
+        """Take the oldest item, or raise ``trio.WouldBlock`` (``EndOfChannel`` once closed)."""
         if self._items:
             item = self._items.popleft()
             self._senders.unpark()

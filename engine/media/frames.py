@@ -14,13 +14,13 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "PCM",
     "Audio",
     "Dtmf",
     "Frame",
     "HangUp",
     "Interrupted",
     "MarkEcho",
-    "PCM",
     "PlayAudio",
     "PlaybackDone",
     "SpeechEnded",
@@ -109,7 +109,7 @@ class PlayAudio:
 
 @dataclass(frozen=True, slots=True)
 class MarkEcho:
-    """Twilio echoed the mark called ``name``: audio queued before it has played (or was cleared)."""
+    """Twilio echoed the mark ``name``: audio queued before it has played (or was cleared)."""
 
     name: str
 

@@ -207,9 +207,13 @@ class PlayoutCore:
             if s.label == label and s.start < played
         )
         dropped = sum(
-            s.end - max(s.start, played) for s in self._segments if s.label == label and s.end > played
+            s.end - max(s.start, played)
+            for s in self._segments
+            if s.label == label and s.end > played
         ) + sum(len(d) for lbl, d in self._queue if lbl == label)
-        self._heard_total += sum(min(s.end, played) - s.start for s in self._segments if s.start < played)
+        self._heard_total += sum(
+            min(s.end, played) - s.start for s in self._segments if s.start < played
+        )
         self._queue.clear()
         self._queued = 0
         self._segments.clear()
@@ -219,7 +223,9 @@ class PlayoutCore:
         self._clears += 1
         return (
             protocol.clear_message(self.stream_sid),
-            Interrupted(label=label, heard_ms=heard // BYTES_PER_MS, dropped_ms=dropped // BYTES_PER_MS),
+            Interrupted(
+                label=label, heard_ms=heard // BYTES_PER_MS, dropped_ms=dropped // BYTES_PER_MS
+            ),
         )
 
     # -- internals ----------------------------------------------------------------------------

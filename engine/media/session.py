@@ -142,7 +142,9 @@ class CallSession:
         """The CallSid, once ``start`` has arrived."""
         return self.start.call_sid if self.start else None
 
-    def end(self, reason: str, close_code: int | None = CLOSE_NORMAL, error: str | None = None) -> None:
+    def end(
+        self, reason: str, close_code: int | None = CLOSE_NORMAL, error: str | None = None
+    ) -> None:
         """End the call (first reason wins); safe to call from any task or from outside."""
         if self._end_reason is None:
             self._end_reason = (reason, close_code, error)
@@ -306,6 +308,4 @@ class CallSession:
             sequence_gaps=stats.gaps,
             playout=self._playout.statistics() if self._playout else None,
         )
-        log.info(
-            "call %s ended: %s%s", self.call_sid, reason, f" ({error})" if error else ""
-        )
+        log.info("call %s ended: %s%s", self.call_sid, reason, f" ({error})" if error else "")

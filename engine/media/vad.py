@@ -134,10 +134,10 @@ class TurnDetector:
 
     def _begin(self, timestamp: int) -> SpeechStarted:
         recent = list(self._history)[-len(self._window) :]
-        first_voiced = next(
-            ts for (ts, _), v in zip(recent, self._window, strict=True) if v
-        )
-        kept = [(ts, pcm) for ts, pcm in self._history if ts >= first_voiced - self.config.pre_roll_ms]
+        first_voiced = next(ts for (ts, _), v in zip(recent, self._window, strict=True) if v)
+        kept = [
+            (ts, pcm) for ts, pcm in self._history if ts >= first_voiced - self.config.pre_roll_ms
+        ]
         self._start = kept[0][0]
         self._frames = [pcm for _, pcm in kept]
         self._speaking = True

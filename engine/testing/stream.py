@@ -15,8 +15,9 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 import trio_websocket
@@ -141,9 +142,7 @@ class EmulatedStream:
     async def _send(self, build: _Builder) -> None:
         async with self._send_lock:
             if self._stopped:
-                raise trio_websocket.ConnectionClosed(
-                    trio_websocket.CloseReason(1000, "stopped")
-                )
+                raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, "stopped"))
             self._seq += 1
             await self._ws.send_message(build(self._seq))
 
@@ -161,8 +160,12 @@ class EmulatedStream:
             timestamp = (chunk - 1) * 20
             try:
                 await self._send(
-                    lambda seq, c=chunk, ts=timestamp, f=frame: protocol.inbound_media_message(
-                        seq, self.stream_sid, c, ts, f
+                    partial(
+                        protocol.inbound_media_message,
+                        stream_sid=self.stream_sid,
+                        chunk=chunk,
+                        timestamp=timestamp,
+                        payload=frame,
                     )
                 )
             except trio_websocket.ConnectionClosed:
@@ -206,8 +209,9 @@ class EmulatedStream:
                             await self._echo_mark(name)
         except trio_websocket.ConnectionClosed as exc:
             record.closed_by_server = not self._stopped
-            record.close_code = exc.reason.code
-            record.close_reason = exc.reason.reason
+            if exc.reason is not None:
+                record.close_code = exc.reason.code
+                record.close_reason = exc.reason.reason
             self.closed.set()
 
     async def _playback(self) -> None:
@@ -246,10 +250,8 @@ class EmulatedStream:
         if index is not None:
             mark, received, _ = self.record.marks[index]
             self.record.marks[index] = (mark, received, trio.current_time())
-        try:
+        with suppress(trio_websocket.ConnectionClosed):
             await self._send(lambda seq: protocol.mark_echo_message(seq, self.stream_sid, name))
-        except trio_websocket.ConnectionClosed:
-            pass
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -298,9 +300,10 @@ async def open_stream(
 
     On exit ``stop`` is sent (unless the server already closed) and every task ends.
     """
-    headers = []
+    headers: list[tuple[bytes, bytes]] = []
     if auth_token is not None:
-        headers.append(("X-Twilio-Signature", compute_signature(url, {}, auth_token)))
+        signature = compute_signature(url, {}, auth_token)
+        headers.append((b"X-Twilio-Signature", signature.encode()))
     stream_sid = new_sid("MZ")
     async with trio_websocket.open_websocket_url(
         url, extra_headers=headers, message_queue_size=64

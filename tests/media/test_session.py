@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import trio
 import trio_websocket
-
 from conftest import sentences, spoken
+
 from engine.control.signature import compute_signature
 from engine.media.frames import Audio, Dtmf
 from engine.media.session import SessionConfig
@@ -94,7 +95,7 @@ async def test_killing_the_callers_socket_ends_every_task_of_the_call() -> None:
 async def test_a_failing_stage_ends_only_its_own_call() -> None:
     audio = spoken(sentences()[1])
     records: list[StreamRecord] = []
-    async with running_server(FragileEcho) as (server, url):
+    async with running_server(FragileEcho) as (_server, url):
 
         async def healthy() -> None:
             async with open_inbound_call(url, TOKEN) as call:
@@ -126,7 +127,7 @@ async def test_malformed_input_closes_with_its_code_and_spares_the_others() -> N
     audio = spoken(sentences()[2])
     outcomes: dict[str | bytes, int | None] = {}
     healthy: list[StreamRecord] = []
-    async with running_server() as (server, url):
+    async with running_server() as (_server, url):
 
         async def good() -> None:
             async with open_inbound_call(url, TOKEN) as call:
@@ -153,12 +154,13 @@ async def test_malformed_input_closes_with_its_code_and_spares_the_others() -> N
 
 
 async def test_unknown_events_are_ignored_and_the_call_goes_on() -> None:
-    async with running_server() as (server, url):
+    async with running_server() as (_server, url):
         async with open_inbound_call(url, TOKEN) as call:
             await call.pause(0.2)
             await call.send_numbered(
-                lambda seq: '{"event":"newthing","sequenceNumber":"%d","streamSid":"%s"}'
-                % (seq, call.stream_sid)
+                lambda seq: json.dumps(
+                    {"event": "newthing", "sequenceNumber": str(seq), "streamSid": call.stream_sid}
+                )
             )
             await call.say(spoken(sentences()[3])[:8000])
             await call.pause(0.3)
@@ -182,10 +184,9 @@ async def test_a_stream_that_never_starts_is_closed() -> None:
 
 
 async def test_shutdown_ends_calls_with_going_away() -> None:
-    async with running_server() as (server, url):
-        async with open_inbound_call(url, TOKEN) as call:
-            await call.pause(0.3)
-            server.shutdown()
-            with trio.fail_after(3):
-                await call.closed.wait()
+    async with running_server() as (server, url), open_inbound_call(url, TOKEN) as call:
+        await call.pause(0.3)
+        server.shutdown()
+        with trio.fail_after(3):
+            await call.closed.wait()
     assert call.record.close_code == 1001
