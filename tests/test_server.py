@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
-from conftest import sentences, spoken
 
+from conftest import sentences, spoken
 from engine.control.signature import compute_signature
 from engine.media.codec import FRAME_BYTES
 from engine.testing import EmulatorError, open_inbound_call, open_stream, ring

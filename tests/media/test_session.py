@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import trio
 import trio_websocket
-from conftest import sentences, spoken
 
+from conftest import sentences, spoken
 from engine.control.signature import compute_signature
 from engine.media.frames import Audio, Dtmf
 from engine.media.session import SessionConfig
@@ -123,6 +123,7 @@ async def test_malformed_input_closes_with_its_code_and_spares_the_others() -> N
         b"\x00binary": 1003,
         '{"event":"media","sequenceNumber":"9999","streamSid":"MZ00"}': 1008,
         '{"event":"media","sequenceNumber":1}': 1007,
+        "x" * 70_000: 1009,
     }
     audio = spoken(sentences()[2])
     outcomes: dict[str | bytes, int | None] = {}

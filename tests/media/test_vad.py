@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import sentences, spoken
 
+from conftest import sentences, spoken
 from engine.demo import speech_end_ms
 from engine.media.codec import ulaw_decode
 from engine.media.frames import SpeechEnded, SpeechStarted, Utterance
