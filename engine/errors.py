@@ -7,9 +7,11 @@ __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "EngineError",
+    "InvalidInput",
     "ProtocolError",
     "SignatureError",
     "TokenError",
+    "TwilioAPIError",
     "UnknownEventError",
 ]
 
@@ -78,3 +80,32 @@ class ConnectionClosed(EngineError):
         super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+
+
+class TwilioAPIError(EngineError):
+    """Twilio's REST API refused a request: its error ``code``, ``message``, ``more_info`` link
+    and HTTP ``status`` (the code is the HTTP status when Twilio's body carries none)."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        status: int,
+        more_info: str | None = None,
+        details: object = None,
+    ) -> None:
+        super().__init__(f"Twilio error {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.more_info = more_info
+        self.details = details
+
+
+class InvalidInput(EngineError):
+    """An action's input is wrong before any request is made; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

@@ -1,8 +1,11 @@
 """The voice server: a quart-trio app on hypercorn, plus a direct ASGI route for media streams.
 
 Routes: ``POST /twilio/voice`` answers a signed voice webhook with ``<Connect><Stream>`` TwiML
-whose ``<Parameter>`` carries a short-lived token bound to the CallSid; ``WS /twilio/media`` runs
-a :class:`~engine.media.session.CallSession` once that token verifies; ``GET /healthz``.
+whose ``<Parameter>`` s carry the call's pipeline and a short-lived token bound to the CallSid
+(and fires the ``inboundCall`` trigger); ``WS /twilio/media`` runs a
+:class:`~engine.media.session.CallSession` once that token verifies; ``POST /twilio/status``
+feeds waiting ``makeCall`` s; ``POST /twilio/whatsapp`` fires ``newWhatsappMessage``;
+``GET /healthz``. Every webhook checks ``X-Twilio-Signature`` against the public URL.
 
 The media socket is served straight from the ASGI callable rather than through Quart's websocket
 machinery: every inbound frame of every call crosses it, and Quart would add a task hop and a
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -36,18 +39,39 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from engine.control.signature import is_valid_signature
+from engine.control.calls import CallStatusBoard
 from engine.control.token import StreamTokens
-from engine.control.twiml import connect_stream, stream_url
+from engine.control.twiml import connect_stream, empty_response, stream_url
 from engine.errors import CLOSE_GOING_AWAY, ConfigError, ConnectionClosed
 from engine.media.protocol import MAX_MESSAGE_BYTES, Start
 from engine.media.session import CallSession, SessionConfig
-from engine.media.stage import StageFactory
+from engine.loader import load_stage_factory
+from engine.media.stage import Stage, StageFactory
 
-__all__ = ["ServerConfig", "VoiceServer"]
+__all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]
 
 log = logging.getLogger(__name__)
 
 MEDIA_PATH = "/twilio/media"
+
+
+TriggerHandler = Callable[[dict[str, Any]], Awaitable[None]]
+"""Receives a trigger's output object."""
+PIPELINE_PARAMETER = "pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Triggers:
+    """Handlers for the component's triggers; each runs in the server's nursery, off the request.
+
+    ``inbound_call`` gets ``{callSid, from, to, direction, accountSid, callStatus}`` for every
+    inbound call; ``whatsapp_message`` gets every field Twilio posted for an incoming WhatsApp
+    message. A handler that raises is logged; it never fails the webhook.
+    """
+
+    inbound_call: TriggerHandler | None = None
+    whatsapp_message: TriggerHandler | None = None
+    max_concurrent: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +79,7 @@ class ServerConfig:
     """What ``voice-engine serve`` is given."""
 
     stage_factory: StageFactory
+    """The default pipeline's stage factory (a call may name another, see ``makeCall``)."""
     auth_token: str | None
     """Twilio's Auth Token: signs webhooks and keys stream tokens. Required unless ``insecure``."""
     host: str = "127.0.0.1"
@@ -64,6 +89,7 @@ class ServerConfig:
     insecure: bool = False
     """Run without an auth token: no signature checks, stream tokens keyed per process."""
     session: SessionConfig = field(default_factory=SessionConfig)
+    triggers: Triggers = field(default_factory=Triggers)
     token_ttl: float = 120.0
     shutdown_timeout: float = 5.0
 
@@ -143,6 +169,11 @@ class VoiceServer:
         self.tokens = StreamTokens(secret, ttl=config.token_ttl)
         self.public_url = config.public_url.rstrip("/") if config.public_url else None
         self.sessions: set[CallSession] = set()
+        self.status_board = CallStatusBoard()
+        """Status callbacks for the ``makeCall`` s waiting in this process."""
+        self._factories: dict[str, StageFactory] = {}
+        self._trigger_limiter = trio.CapacityLimiter(config.triggers.max_concurrent)
+        self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()
         self._idle.set()
         self._shutdown = trio.Event()
@@ -189,7 +220,7 @@ class VoiceServer:
         await send(WebsocketAcceptEvent(type="websocket.accept", subprotocol=None, headers=[]))
         session = CallSession(
             _AsgiMediaSocket(receive, send),
-            self.config.stage_factory,
+            self._select_stage,
             authorize=self._authorize,
             config=self.config.session,
         )
@@ -205,26 +236,92 @@ class VoiceServer:
     def _authorize(self, start: Start) -> Mapping[str, str]:
         return self.tokens.verify(start.custom_parameters, start.call_sid)
 
+    def _select_stage(self, parameters: Mapping[str, str]) -> Stage:
+        name = parameters.get(PIPELINE_PARAMETER)
+        if not name:
+            return self.config.stage_factory()
+        factory = self._factories.get(name)
+        if factory is None:
+            factory = self._factories[name] = load_stage_factory(name)
+        return factory()
+
+    async def _fire(self, handler: TriggerHandler | None, output: dict[str, Any]) -> None:
+        if handler is None or self._nursery is None:
+            return
+        # Wait for room before spawning, so the number of running handlers stays bounded.
+        borrower = object()
+        await self._trigger_limiter.acquire_on_behalf_of(borrower)
+
+        async def run() -> None:
+            try:
+                await handler(output)
+            except Exception:
+                log.exception("trigger handler failed")
+            finally:
+                self._trigger_limiter.release_on_behalf_of(borrower)
+
+        self._nursery.start_soon(run)
+
+    async def _signed_form(self) -> dict[str, str] | Response:
+        form = await request.form
+        params = {name: form.getlist(name) for name in form}
+        url = self._url(request.path, request.query_string)
+        if not self._signed(url, params, request.headers.get("X-Twilio-Signature")):
+            log.warning("webhook refused: bad X-Twilio-Signature for %s", url)
+            return Response("invalid X-Twilio-Signature\n", status=403, mimetype="text/plain")
+        return {name: form.get(name, "") for name in form}
+
     def _make_app(self) -> QuartTrio:
         app = QuartTrio("voice-engine")
 
         @app.post("/twilio/voice")
         async def voice() -> Response:
-            form = await request.form
-            params = {name: form.getlist(name) for name in form}
-            url = self._url(request.path, request.query_string)
-            if not self._signed(url, params, request.headers.get("X-Twilio-Signature")):
-                log.warning("voice webhook refused: bad X-Twilio-Signature for %s", url)
-                return Response("invalid X-Twilio-Signature\n", status=403, mimetype="text/plain")
-            call_sid = form.get("CallSid", "")
+            fields = await self._signed_form()
+            if isinstance(fields, Response):
+                return fields
+            call_sid = fields.get("CallSid", "")
             if not call_sid:
                 return Response("CallSid is required\n", status=400, mimetype="text/plain")
+            parameters = {}
+            pipeline = request.args.get(PIPELINE_PARAMETER)
+            if pipeline:
+                parameters[PIPELINE_PARAMETER] = pipeline
             assert self.public_url is not None
             twiml = connect_stream(
                 stream_url(self.public_url, MEDIA_PATH),
-                self.tokens.parameters_with_token(call_sid, {}),
+                self.tokens.parameters_with_token(call_sid, parameters),
             )
+            if fields.get("Direction", "inbound") == "inbound":
+                await self._fire(
+                    self.config.triggers.inbound_call,
+                    {
+                        "callSid": call_sid,
+                        "from": fields.get("From"),
+                        "to": fields.get("To"),
+                        "direction": fields.get("Direction"),
+                        "accountSid": fields.get("AccountSid"),
+                        "callStatus": fields.get("CallStatus"),
+                    },
+                )
             return Response(twiml, status=200, mimetype="text/xml")
+
+        @app.post("/twilio/status")
+        async def status() -> Response:
+            fields = await self._signed_form()
+            if isinstance(fields, Response):
+                return fields
+            update = self.status_board.post(fields)
+            if update is not None:
+                log.info("call %s: %s", update.call_sid, update.status)
+            return Response("", status=204)
+
+        @app.post("/twilio/whatsapp")
+        async def whatsapp() -> Response:
+            fields = await self._signed_form()
+            if isinstance(fields, Response):
+                return fields
+            await self._fire(self.config.triggers.whatsapp_message, dict(fields))
+            return Response(empty_response(), status=200, mimetype="text/xml")
 
         @app.get("/healthz")
         async def healthz() -> dict[str, Any]:
@@ -255,6 +352,7 @@ class VoiceServer:
         hconfig.errorlog = logging.getLogger("hypercorn.error")
         hconfig.graceful_timeout = self.config.shutdown_timeout
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             binds: list[str] = await nursery.start(
                 partial(
                     hypercorn_serve,

@@ -45,7 +45,7 @@ from engine.media.frames import (
 from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
 from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Start, Stop
 from engine.media.protocol import Dtmf as DtmfEvent
-from engine.media.stage import CallContext, Stage, StageFactory
+from engine.media.stage import CallContext, Stage
 from engine.media.vad import TurnConfig, TurnDetector
 
 __all__ = ["Authorizer", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
@@ -110,18 +110,22 @@ class CallOutcome:
 
 
 class CallSession:
-    """Runs one Media Streams call on an accepted socket with a stage made by ``stage_factory``."""
+    """Runs one Media Streams call on an accepted socket.
+
+    ``select_stage`` makes the call's stage from the verified stream parameters (so a call's
+    pipeline can travel in its signed ``<Parameter>`` s); a plain factory fits with ``lambda _: …``.
+    """
 
     def __init__(
         self,
         socket: MediaSocket,
-        stage_factory: StageFactory,
+        select_stage: Callable[[Mapping[str, str]], Stage],
         *,
         authorize: Authorizer,
         config: SessionConfig | None = None,
     ) -> None:
         self._socket = socket
-        self._stage_factory = stage_factory
+        self._select_stage = select_stage
         self._authorize = authorize
         self.config = config or SessionConfig()
         self._parser = MediaStreamParser()
@@ -194,7 +198,7 @@ class CallSession:
         start = self.start
         assert start is not None
         try:
-            stage = self._stage_factory()
+            stage = self._select_stage(parameters)
         except Exception as exc:
             log.exception("could not make the stage of call %s", start.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
