@@ -1,19 +1,23 @@
-"""The ``voice-engine`` command line: ``serve`` and ``demo``."""
+"""The ``voice-engine`` command line: ``serve``, ``demo``, and the actions ``call``, ``sms``,
+``whatsapp``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
+from engine.actions import add_action_commands, run_action
 from engine.errors import EngineError
 from engine.loader import BUNDLED, load_stage_factory
-from engine.server import ServerConfig, VoiceServer
+from engine.server import ServerConfig, TriggerHandler, Triggers, VoiceServer
 
 __all__ = ["main"]
 
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         default="Hello! I would like to book a table for two people tomorrow evening.",
         help="what the emulated caller says",
     )
+    add_action_commands(commands)
     return parser
 
 
@@ -78,16 +83,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 public_url=args.public_url,
                 insecure=args.insecure,
+                triggers=Triggers(
+                    inbound_call=_print_trigger("inboundCall"),
+                    whatsapp_message=_print_trigger("newWhatsappMessage"),
+                ),
             )
             trio.run(_serve, VoiceServer(config))
         elif args.command == "demo":
             from engine.demo import run_demo
 
             return trio.run(run_demo, args.pipeline, args.say)
+        else:
+            return run_action(args)
     except EngineError as exc:
         print(f"voice-engine: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _print_trigger(name: str) -> TriggerHandler:
+    """A trigger handler that prints ``{"trigger": name, "output": {...}}`` as a JSON line."""
+
+    async def handler(output: dict[str, Any]) -> None:
+        print(json.dumps({"trigger": name, "output": output}, ensure_ascii=False), flush=True)
+
+    return handler
 
 
 async def _serve(server: VoiceServer) -> None:

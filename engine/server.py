@@ -38,14 +38,14 @@ from hypercorn.typing import (
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from engine.control.signature import is_valid_signature
 from engine.control.calls import CallStatusBoard
+from engine.control.signature import is_valid_signature
 from engine.control.token import StreamTokens
 from engine.control.twiml import connect_stream, empty_response, stream_url
 from engine.errors import CLOSE_GOING_AWAY, ConfigError, ConnectionClosed
+from engine.loader import load_stage_factory
 from engine.media.protocol import MAX_MESSAGE_BYTES, Start
 from engine.media.session import CallSession, SessionConfig
-from engine.loader import load_stage_factory
 from engine.media.stage import Stage, StageFactory
 
 __all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]

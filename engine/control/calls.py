@@ -121,19 +121,19 @@ async def make_call(
     from_: str,
     public_url: str,
     pipeline: str,
-    timeout: int | None = None,
+    ring_timeout: int | None = None,
     max_duration: float | None = None,
     first_poll: float = 5.0,
     max_poll: float = 30.0,
 ) -> dict[str, Any]:
     """Place a call running ``pipeline`` on our server at ``public_url``; return at its end.
 
-    ``timeout`` is the ring time in seconds (Twilio: 1–600, default 60); ``max_duration`` the
+    ``ring_timeout`` (the component's ``timeout``) is the ring time in seconds (Twilio: 1–600, default 60); ``max_duration`` the
     minutes to wait for the call to end (fractions allowed), after which it is hung up and the
     result's status is ``timeout``. Returns ``{callSid, status, duration, direction}``.
     """
     to, from_ = e164(to, "To"), e164(from_, "From")
-    if timeout is not None and not 1 <= timeout <= 600:
+    if ring_timeout is not None and not 1 <= ring_timeout <= 600:
         raise InvalidInput("timeout", "ring timeout must be 1–600 seconds")
     if max_duration is not None and max_duration <= 0:
         raise InvalidInput("maxDuration", "must be a positive number of minutes")
@@ -147,8 +147,8 @@ async def make_call(
         "StatusCallbackMethod": "POST",
         "StatusCallbackEvent": list(STATUS_EVENTS),
     }
-    if timeout is not None:
-        params["Timeout"] = str(timeout)
+    if ring_timeout is not None:
+        params["Timeout"] = str(ring_timeout)
     if max_duration is not None:
         params["TimeLimit"] = str(max(1, math.ceil(max_duration * 60)))
     deadline = trio.current_time() + max_duration * 60 if max_duration else math.inf

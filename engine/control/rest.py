@@ -53,7 +53,9 @@ class Credentials:
             return cls(account_sid, secret, key)
         token = env.get("TWILIO_AUTH_TOKEN", "")
         if not token:
-            raise ConfigError("TWILIO_AUTH_TOKEN is not set (or TWILIO_API_KEY + TWILIO_API_SECRET)")
+            raise ConfigError(
+                "TWILIO_AUTH_TOKEN is not set (or TWILIO_API_KEY + TWILIO_API_SECRET)"
+            )
         return cls(account_sid, token)
 
     @property
@@ -105,7 +107,7 @@ class TwilioClient:
         await self._http.aclose()
 
     def account_path(self, path: str) -> str:
-        """``Calls.json`` → ``/2010-04-01/Accounts/AC…/Calls.json``; absolute paths stay as they are."""
+        """``Calls.json`` → ``/2010-04-01/Accounts/AC…/Calls.json``; absolute paths stay as is."""
         if path.startswith("/"):
             return path
         return f"/{API_VERSION}/Accounts/{self.credentials.account_sid}/{path}"
@@ -141,7 +143,8 @@ class TwilioClient:
                 if method != "GET" or attempt >= self.max_retries:
                     # The request may have reached Twilio: resending could act twice.
                     raise TwilioAPIError(
-                        0, f"{method} {url}: no response ({type(exc).__name__}); not retried",
+                        0,
+                        f"{method} {url}: no response ({type(exc).__name__}); not retried",
                         status=0,
                     ) from exc
                 await self._sleep(attempt, None)
@@ -155,11 +158,8 @@ class TwilioClient:
 
     async def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-        if retry_after is not None:
-            try:
-                delay = min(self.max_backoff * 4, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
+        if retry_after is not None and retry_after.replace(".", "", 1).isdigit():
+            delay = min(self.max_backoff * 4, float(retry_after))
         log.info("Twilio API busy; retrying in %.2f s", delay)
         await trio.sleep(delay)
 
