@@ -100,3 +100,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for server in servers:
         if server.process.poll() is None:
             assert stop_server(server) == 0, server.log()
+
+
+SPEC_PATH = ROOT.parent / "shared" / "twilio" / "twilio_api_v2010.json"
+"""Twilio's OpenAPI description, beside the checkout (never copied into it)."""
