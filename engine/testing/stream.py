@@ -169,8 +169,7 @@ class EmulatedStream:
                     )
                 )
             except trio_websocket.ConnectionClosed:
-                self.closed.set()
-                return
+                return  # the receiver records how it closed and ends the stream
             self._last_timestamp = timestamp
             record.frames_sent += 1
             record.mic += frame
