@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import ROOT, sentences, spoken
-from engine.testing import open_inbound_call
+from conftest import ROOT, SPEC_PATH, sentences, spoken
+from engine.testing import (
+    CalleeBehaviour,
+    TwilioEmulator,
+    open_inbound_call,
+    open_twilio_emulator,
+)
 
 
 def run_cli(
@@ -82,3 +88,86 @@ def test_demo_runs_a_call_end_to_end_with_no_account(tmp_path: Path) -> None:
     assert "turn latency:" in result.stdout
     heard = next(line for line in result.stdout.splitlines() if line.startswith("caller heard:"))
     assert float(heard.split()[2]) > 1.0  # seconds of reply audio heard
+
+
+async def run_action_cli(
+    emulator: TwilioEmulator, *args: str
+) -> subprocess.CompletedProcess[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TWILIO_ACCOUNT_SID": emulator.account_sid,
+        "TWILIO_AUTH_TOKEN": emulator.auth_token,
+        "TWILIO_API_BASE_URL": emulator.base_url,
+    }
+    env.pop("PUBLIC_URL", None)
+    return await trio.run_process(
+        [sys.executable, "-m", "engine", "--log-level", "WARNING", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+    )
+
+
+async def test_sms_and_whatsapp_commands_print_the_output_object() -> None:
+    async with open_twilio_emulator(spec_path=SPEC_PATH) as emulator:
+        sms = await run_action_cli(
+            emulator, "sms", "--to", "+14155552671", "--from", "+15005550006", "--body", "Hi"
+        )
+        assert sms.returncode == 0, sms.stderr
+        output = json.loads(sms.stdout)
+        assert output["sid"] in emulator.messages and output["from"] == {
+            "rawNumber": "+15005550006"
+        }
+        template = await run_action_cli(
+            emulator,
+            "whatsapp",
+            "--to",
+            "+14155552671",
+            "--from",
+            "+15005550006",
+            "--content-sid",
+            "HX" + "b" * 32,
+            "--content-variables",
+            '{"1": "Ana"}',
+        )
+        assert template.returncode == 0, template.stderr
+        form = dict(emulator.messages[json.loads(template.stdout)["sid"]].form)
+        assert form["ContentVariables"] == '{"1": "Ana"}'
+        assert form["To"] == "whatsapp:+14155552671"
+
+
+async def test_action_errors_print_twilios_code_and_exit_non_zero() -> None:
+    async with open_twilio_emulator(spec_path=SPEC_PATH) as emulator:
+        invalid = await run_action_cli(
+            emulator, "sms", "--to", "+15005550001", "--from", "+15005550006", "--body", "Hi"
+        )
+        assert invalid.returncode == 1
+        assert b"21211" in invalid.stderr and invalid.stdout == b""
+        bad_number = await run_action_cli(
+            emulator, "sms", "--to", "12345", "--from", "+15005550006", "--body", "Hi"
+        )
+        assert bad_number.returncode == 2 and b"To" in bad_number.stderr
+
+
+async def test_call_command_places_a_call_and_prints_its_outcome() -> None:
+    async with open_twilio_emulator(spec_path=SPEC_PATH) as emulator:
+        emulator.callee("+14155552671", CalleeBehaviour(hang_up_after=1.0))
+        result = await run_action_cli(
+            emulator,
+            "call",
+            "--to",
+            "+14155552671",
+            "--from",
+            "+15005550006",
+            "--pipeline",
+            "echo",
+            "--port",
+            "0",
+        )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["status"] == "completed" and output["direction"] == "outbound-api"
+    call = emulator.calls[output["callSid"]]
+    assert call.record is not None and call.record.frames_sent > 0

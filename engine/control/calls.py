@@ -130,7 +130,8 @@ async def make_call(
 
     ``ring_timeout`` (the component's ``timeout``) is the ring time in seconds (Twilio: 1–600,
     default 60); ``max_duration`` the minutes to wait for the call to end (fractions allowed),
-    after which it is hung up and the result's status is ``timeout``. Returns ``{callSid, status, duration, direction}``.
+    after which it is hung up and the result's status is ``timeout``. Returns
+    ``{callSid, status, duration, direction}``.
     """
     to, from_ = e164(to, "To"), e164(from_, "From")
     if ring_timeout is not None and not 1 <= ring_timeout <= 600:
