@@ -37,6 +37,7 @@ __all__ = ["PlayoutConfig", "PlayoutCore", "PlayoutStatistics", "run_playout"]
 BYTES_PER_MS = 8
 FRAME_BYTES = 160
 MARK_GRACE_S = 1.0
+_EPS = 1e-9  # the playback clock sums float seconds; compare against it with this slack
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ class PlayoutCore:
         """The messages to send now: media up to the lead, marks as due."""
         out: list[str] = []
         sid = self.stream_sid
-        while self._queue and self._play_end - now < self._lead_s:
+        while self._queue and self._play_end - now < self._lead_s - _EPS:
             label, data = self._queue[0]
             chunk = data[:FRAME_BYTES]
             if len(data) > FRAME_BYTES:
@@ -157,7 +158,7 @@ class PlayoutCore:
         if (
             not self._queue
             and self._sent > self._marked
-            and now - self._last_send >= self.config.drain_mark_ms / 1000
+            and now - self._last_send >= self.config.drain_mark_ms / 1000 - _EPS
         ):
             out.append(self._mark())
         return out
@@ -165,7 +166,7 @@ class PlayoutCore:
     def next_deadline(self, now: float) -> float:
         """When :meth:`pump` next has something to do (``math.inf`` if only input can wake it)."""
         if self._queue:
-            return max(now, self._play_end - self._lead_s)
+            return max(now, self._play_end - self._lead_s + 2 * _EPS)
         if self._sent > self._marked:
             return self._last_send + self.config.drain_mark_ms / 1000
         return math.inf
@@ -173,9 +174,11 @@ class PlayoutCore:
     def on_mark(self, name: str, now: float) -> PlaybackDone | None:
         """Twilio echoed a mark; returns :class:`PlaybackDone` when a reply has fully played."""
         generation, _, position = name.partition(".")
-        if generation != str(self._generation) or not position.isdigit():
+        if generation != str(self._generation) or not (position.isascii() and position.isdigit()):
             return None  # cleared audio, or not ours
         pos = int(position)
+        if pos > self._sent:
+            return None  # not a position we sent
         self._marks_echoed += 1
         if pos <= self._acked:
             return None
