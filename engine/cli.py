@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{' | '.join(BUNDLED)} | module:factory (default turn-echo)",
     )
     serve.add_argument(
+        "--media-port",
+        type=int,
+        help="serve media streams on their own lean listener at this port (0 = any); "
+        "measurably faster than through the HTTP server (see README, Performance)",
+    )
+    serve.add_argument(
+        "--media-url",
+        help="public wss:// URL of the media listener when a proxy routes /twilio/media to it",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help="run without TWILIO_AUTH_TOKEN: no webhook signature checks (local use only)",
@@ -83,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 public_url=args.public_url,
                 insecure=args.insecure,
+                media_port=args.media_port,
+                media_url=args.media_url,
                 triggers=Triggers(
                     inbound_call=_print_trigger("inboundCall"),
                     whatsapp_message=_print_trigger("newWhatsappMessage"),

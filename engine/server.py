@@ -44,8 +44,9 @@ from engine.control.token import StreamTokens
 from engine.control.twiml import connect_stream, empty_response, stream_url
 from engine.errors import CLOSE_GOING_AWAY, ConfigError, ConnectionClosed
 from engine.loader import load_stage_factory
+from engine.media.listener import serve_media
 from engine.media.protocol import MAX_MESSAGE_BYTES, Start
-from engine.media.session import CallSession, SessionConfig
+from engine.media.session import CallSession, MediaSocket, SessionConfig
 from engine.media.stage import Stage, StageFactory
 
 __all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]
@@ -86,6 +87,11 @@ class ServerConfig:
     port: int = 8080
     public_url: str | None = None
     """The base URL Twilio requests (signatures are checked against it); default from the bind."""
+    media_port: int | None = None
+    """Serve media streams on their own lean listener at this port (0 = any) instead of
+    through hypercorn; Twilio is sent ``media_url``, or ws://HOST:PORT/twilio/media locally."""
+    media_url: str | None = None
+    """The public ``wss://…/twilio/media`` URL of the media listener, when a proxy routes it."""
     insecure: bool = False
     """Run without an auth token: no signature checks, stream tokens keyed per process."""
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -174,6 +180,8 @@ class VoiceServer:
         self._factories: dict[str, StageFactory] = {}
         self._trigger_limiter = trio.CapacityLimiter(config.triggers.max_concurrent)
         self._nursery: trio.Nursery | None = None
+        self.media_port: int | None = None
+        """The media listener's bound port, when it has one."""
         self._idle = trio.Event()
         self._idle.set()
         self._shutdown = trio.Event()
@@ -198,34 +206,47 @@ class VoiceServer:
         assert self.config.auth_token is not None
         return is_valid_signature(url, params, signature, self.config.auth_token)
 
+    @property
+    def media_url(self) -> str:
+        """The ``ws(s)://…/twilio/media`` URL Twilio dials (and the handshake is signed for)."""
+        assert self.public_url is not None
+        if self.config.media_url:
+            return self.config.media_url
+        if self.media_port is not None and not self.config.public_url:
+            return f"ws://{self.config.host}:{self.media_port}{MEDIA_PATH}"
+        return stream_url(self.public_url, MEDIA_PATH)
+
+    def _upgrade_allowed(self, target: str, headers: Mapping[str, str]) -> bool:
+        query = target.partition("?")[2]
+        url = self.media_url + (f"?{query}" if query else "")
+        if self._shutdown.is_set():
+            return False
+        return self._signed(url, {}, headers.get("x-twilio-signature"))
+
     async def _media(self, scope: WebsocketScope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        assert self.public_url is not None
-        url = stream_url(self.public_url, MEDIA_PATH)
-        query = scope.get("query_string", b"")
-        if query:
-            url += "?" + query.decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
         if (await receive())["type"] != "websocket.connect":
             return
-        if not self._signed(url, {}, headers.get("x-twilio-signature")):
+        if not self._upgrade_allowed(scope["path"] + (f"?{query}" if query else ""), headers):
             log.warning("media stream refused: bad X-Twilio-Signature on the handshake")
             # Closing before accepting makes hypercorn answer the handshake with HTTP 403.
             await send(WebsocketCloseEvent(type="websocket.close", code=1008, reason=None))
             return
-        if self._shutdown.is_set():
-            await send(
-                WebsocketCloseEvent(type="websocket.close", code=CLOSE_GOING_AWAY, reason=None)
-            )
-            return
         await send(WebsocketAcceptEvent(type="websocket.accept", subprotocol=None, headers=[]))
+        await self.run_call(_AsgiMediaSocket(receive, send))
+
+    async def run_call(self, socket: MediaSocket) -> None:
+        """Run one accepted media socket as a call of this server."""
         session = CallSession(
-            _AsgiMediaSocket(receive, send),
+            socket,
             self._select_stage,
             authorize=self._authorize,
             config=self.config.session,
         )
         self.sessions.add(session)
-        self._idle = trio.Event() if len(self.sessions) == 1 else self._idle
+        if len(self.sessions) == 1:
+            self._idle = trio.Event()
         try:
             await session.run()
         finally:
@@ -288,7 +309,7 @@ class VoiceServer:
                 parameters[PIPELINE_PARAMETER] = pipeline
             assert self.public_url is not None
             twiml = connect_stream(
-                stream_url(self.public_url, MEDIA_PATH),
+                self.media_url,
                 self.tokens.parameters_with_token(call_sid, parameters),
             )
             if fields.get("Direction", "inbound") == "inbound":
@@ -353,16 +374,32 @@ class VoiceServer:
         hconfig.graceful_timeout = self.config.shutdown_timeout
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            binds: list[str] = await nursery.start(
-                partial(
-                    hypercorn_serve,
+
+            async def http(task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
                     self,
                     hconfig,
                     shutdown_trigger=self._shutdown_trigger,
                     mode="asgi",
+                    task_status=task_status,
                 )
-            )
+                nursery.cancel_scope.cancel()  # the media listener goes down with it
+
+            binds: list[str] = await nursery.start(http)
             if self.public_url is None:
                 self.public_url = binds[0].rstrip("/")
+            if self.config.media_port is not None:
+                self.media_port = await nursery.start(
+                    partial(
+                        serve_media,
+                        self.run_call,
+                        host=self.config.host,
+                        port=self.config.media_port,
+                        path=MEDIA_PATH,
+                        check=self._upgrade_allowed,
+                        max_message_bytes=MAX_MESSAGE_BYTES,
+                    )
+                )
+                log.info("media listener on port %d: %s", self.media_port, self.media_url)
             log.info("listening on %s (public URL %s)", ", ".join(binds), self.public_url)
             task_status.started(self.public_url)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import pytest
 import trio
 import trio_websocket
 
@@ -35,6 +36,18 @@ class FragileEcho(Echo):
                     await self.on_audio(call, frame)
 
 
+MEDIA_PORT: int | None = None
+
+
+@pytest.fixture(autouse=True, params=[None, 0], ids=["via-hypercorn", "media-listener"])
+def media_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run every test on both media paths: through hypercorn, and on the dedicated listener."""
+    global MEDIA_PORT
+    MEDIA_PORT = request.param
+    yield
+    MEDIA_PORT = None
+
+
 @asynccontextmanager
 async def running_server(
     factory: Callable[[], Stage] = Echo, **session: float
@@ -43,6 +56,7 @@ async def running_server(
         stage_factory=factory,
         auth_token=TOKEN,
         port=0,
+        media_port=MEDIA_PORT,
         session=replace(SessionConfig(), **session),
     )
     server = VoiceServer(config)
@@ -170,8 +184,8 @@ async def test_unknown_events_are_ignored_and_the_call_goes_on() -> None:
 
 
 async def test_a_stream_that_never_starts_is_closed() -> None:
-    async with running_server(start_timeout=0.3) as (server, url):
-        ws_url = url.replace("http", "ws") + "/twilio/media"
+    async with running_server(start_timeout=0.3) as (server, _url):
+        ws_url = server.media_url
         headers = [("X-Twilio-Signature", compute_signature(ws_url, {}, TOKEN))]
         async with trio_websocket.open_websocket_url(ws_url, extra_headers=headers) as ws:
             with trio.fail_after(2):
