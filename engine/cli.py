@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -138,4 +139,5 @@ async def _serve(server: VoiceServer) -> None:
 
             nursery.start_soon(stop_on_signal)
             url = await nursery.start(run)
+            gc.freeze()  # start-up objects never die: keep them out of every full collection
             print(f"voice-engine serving on {url}", flush=True)

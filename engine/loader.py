@@ -12,6 +12,7 @@ __all__ = ["BUNDLED", "load_stage_factory"]
 BUNDLED = {
     "echo": "pipelines.echo:create",
     "turn-echo": "pipelines.turn_echo:create",
+    "openai-realtime": "pipelines.openai_realtime:create",
 }
 """The pipelines that ship with the engine, by name."""
 

@@ -1,7 +1,8 @@
 """``echo``: every inbound 20 ms frame goes straight back — the round-trip probe.
 
-No turn detection, no barge-in, no transcoding: the caller's μ-law bytes are queued for playout
-as they arrive, so the time from a frame's send to its echo is the engine's own turnaround.
+No turn detection, no barge-in, no pacing, no transcoding: the caller's μ-law bytes are queued
+for playout as they arrive, so the time from a frame's send to its echo is the engine's own
+turnaround.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Echo(Stage):
     receives_audio = True
     turn_detection = False
     barge_in = False
+    paced = False
 
     async def on_audio(self, call: CallContext, audio: Audio) -> None:
         """Send the frame back unchanged."""

@@ -2,8 +2,9 @@
 
 Inbound (towards the AI stage): :class:`Audio`, :class:`SpeechStarted`, :class:`Utterance`,
 :class:`SpeechEnded`, :class:`Dtmf`, :class:`Interrupted`, :class:`PlaybackDone`.
-Outbound (towards playout): :class:`PlayAudio`, :class:`HangUp`; and :class:`MarkEcho` from the
-reader, when Twilio reports that audio before a mark has played. Dispatch with ``match``.
+Outbound (towards playout): :class:`PlayAudio`, :class:`Interrupt`, :class:`HangUp`; and
+:class:`MarkEcho` from the reader, when Twilio reports that audio before a mark has played.
+Dispatch with ``match``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "Dtmf",
     "Frame",
     "HangUp",
+    "Interrupt",
     "Interrupted",
     "MarkEcho",
     "PlayAudio",
@@ -115,6 +117,14 @@ class MarkEcho:
 
 
 @dataclass(frozen=True, slots=True)
+class Interrupt:
+    """The stage cuts the bot's audio (its own barge-in): playout sends ``clear`` if anything is
+    queued or playing and answers with :class:`Interrupted`; if nothing is, it does nothing."""
+
+    reason: str = "interrupt"
+
+
+@dataclass(frozen=True, slots=True)
 class HangUp:
     """End the call once playout has drained (``drain``) or at once; ``reason`` is logged."""
 
@@ -131,6 +141,7 @@ Frame = (
     | Interrupted
     | PlaybackDone
     | PlayAudio
+    | Interrupt
     | MarkEcho
     | HangUp
 )

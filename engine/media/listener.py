@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
 HANDSHAKE_TIMEOUT = 10.0
+CLOSE_WAIT = 1.0
+DISCARD_LIMIT = 1 << 20  # bytes of an oversized message read and dropped before giving up
 UpgradeCheck = Callable[[str, Mapping[str, str]], bool]
 """``(target, headers) → accept?`` for an upgrade request (target = path and query)."""
 
@@ -85,9 +87,13 @@ class WsprotoMediaSocket:
                 self._partial.append(bytes(data) if isinstance(data, bytearray) else data)
                 self._partial_size += len(data)
                 if self._partial_size > self._max:
+                    # Drop the rest of the message, then refuse it: closing while the peer is
+                    # still sending it would reach the peer as a reset, not as code 1009.
                     self._partial.clear()
-                    await self.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
-                    raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                    if event.message_finished or self._partial_size > DISCARD_LIMIT:
+                        await self.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                        raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                    continue
                 if event.message_finished:
                     parts, self._partial, self._partial_size = self._partial, [], 0
                     if len(parts) == 1:
@@ -130,14 +136,29 @@ class WsprotoMediaSocket:
             return
         self._closed = True
         reason = reason.encode()[:123].decode(errors="ignore")
+        # Shielded and bounded: the call may be cancelled around us, the close still goes out.
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT):
+            try:
+                data = self._ws.send(CloseConnection(code=code, reason=reason))
+                async with self._send_lock:
+                    await self._stream.send_all(data)
+                # The closing handshake: read (and drop) until the peer's close frame, so
+                # unread input does not make the kernel answer with a reset instead; then the
+                # server closes the TCP connection first (RFC 6455 §7.1.1).
+                while (chunk := await self._stream.receive_some(RECEIVE_BYTES)) and not any(
+                    isinstance(e, CloseConnection) for e in self._receive_quietly(chunk)
+                ):
+                    pass
+            except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await self._stream.aclose()
+
+    def _receive_quietly(self, data: bytes) -> list[object]:
         try:
-            data = self._ws.send(CloseConnection(code=code, reason=reason))
-            async with self._send_lock:
-                await self._stream.send_all(data)
-        except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await self._stream.aclose()
+            self._ws.receive_data(data)
+            return list(self._ws.events())
+        except RemoteProtocolError:
+            return [CloseConnection(code=CLOSE_PROTOCOL_ERROR)]
 
 
 async def _handshake(

@@ -25,6 +25,7 @@ from engine.media.channels import FrameChannel
 from engine.media.frames import (
     Frame,
     HangUp,
+    Interrupt,
     Interrupted,
     MarkEcho,
     PlayAudio,
@@ -52,6 +53,9 @@ class PlayoutConfig:
     """When the queue runs dry, wait this long for more before marking the end of a reply."""
     barge_in: bool = True
     """Send ``clear`` when the caller starts speaking over the bot."""
+    paced: bool = True
+    """Hold audio back to keep the lead; off for audio made in real time (echo), which is
+    sent the moment it is queued so the round trip measures the engine, not the pacing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ class PlayoutCore:
         """The messages to send now: media up to the lead, marks as due."""
         out: list[str] = []
         sid = self.stream_sid
-        while self._queue and self._play_end - now < self._lead_s - _EPS:
+        while self._queue and (self._play_end - now < self._lead_s - _EPS or not self.config.paced):
             label, data = self._queue[0]
             chunk = data[:FRAME_BYTES]
             if len(data) > FRAME_BYTES:
@@ -260,8 +264,10 @@ async def run_playout(
 ) -> None:
     """Run playout for one call until cancelled: the trio shell around :class:`PlayoutCore`.
 
-    ``inbox`` carries :class:`PlayAudio`, :class:`SpeechStarted`, :class:`MarkEcho` and
-    :class:`HangUp`; :class:`Interrupted` and :class:`PlaybackDone` go to ``to_stage``.
+    ``inbox`` carries :class:`PlayAudio`, :class:`SpeechStarted`, :class:`Interrupt`,
+    :class:`MarkEcho` and :class:`HangUp`; :class:`Interrupted` and :class:`PlaybackDone` go to
+    ``to_stage``. :class:`SpeechStarted` cuts the audio only with ``barge_in`` configured;
+    :class:`Interrupt` (the stage's own barge-in) always does.
     ``send`` writes one message to Twilio's socket (the call's only writer).
     """
     hang_up: HangUp | None = None
@@ -284,8 +290,8 @@ async def run_playout(
                 done = core.on_mark(name, now)
                 if done is not None:
                     await to_stage.send(done)
-            case SpeechStarted():
-                if core.config.barge_in:
+            case SpeechStarted() | Interrupt():
+                if type(frame) is Interrupt or core.config.barge_in:
                     cut = core.barge_in(now)
                     if cut is not None:
                         await send(cut[0])

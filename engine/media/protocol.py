@@ -1,10 +1,8 @@
-"""The Twilio Media Streams protocol (PROTOCOL.md §1), sans-IO.
+"""The Twilio Media Streams protocol (PROTOCOL.md §1), server side, sans-IO.
 
 This module is pure, in the style of h11/wsproto: it does no I/O, knows nothing of
 trio or sockets, and keeps no clocks. Text goes in and events come out; events go in
 and text comes out.
-
-Server side (the engine):
 
 * :class:`MediaStreamParser` turns each WebSocket message Twilio sends into one
   :data:`InboundEvent` (:class:`Connected`, :class:`Start`, :class:`Media`,
@@ -18,25 +16,19 @@ Server side (the engine):
 * :func:`media_message`, :func:`mark_message` and :func:`clear_message` build the
   messages the server sends back (§1.3).
 
-Twilio side (used by the emulator in ``engine.testing``):
+Twilio's side of the protocol, which the emulator in ``engine.testing`` plays, is in
+:mod:`engine.media.twilio_side`.
 
-* :func:`connected_message`, :func:`start_message`, :func:`inbound_media_message`,
-  :func:`dtmf_message`, :func:`mark_echo_message` and :func:`stop_message` build
-  messages exactly as Twilio writes them (counters as strings, format numbers as numbers).
-* :func:`parse_outbound` parses what the server sends into an :data:`OutboundEvent`
-  (:class:`OutMedia`, :class:`OutMark`, :class:`OutClear`); there, unknown events are errors.
-
-The per-frame paths (:meth:`MediaStreamParser.receive` on ``media``,
-:func:`media_message`, :func:`inbound_media_message`) run 50 times a second per call,
-so they take a lean fast path and only diagnose a message precisely once it has failed.
+The per-frame paths (:meth:`MediaStreamParser.receive` on ``media``, :func:`media_message`)
+run 50 times a second per call, so they take a lean fast path and only diagnose a message
+precisely once it has failed.
 """
 
 from __future__ import annotations
 
 import binascii
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeAlias
 
@@ -49,6 +41,24 @@ from engine.errors import (
     ProtocolError,
     UnknownEventError,
 )
+from engine.media._fields import (
+    CHANNELS,
+    MULAW,
+    SAMPLE_RATE,
+    b64text,
+    decode_base64,
+    dumps,
+    event_name,
+    field,
+    int_field,
+    invalid,
+    is_counter,
+    is_sid,
+    object_field,
+    short,
+    str_field,
+    uint_field,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -58,23 +68,12 @@ __all__ = [
     "Mark",
     "Media",
     "MediaStreamParser",
-    "OutClear",
-    "OutMark",
-    "OutMedia",
-    "OutboundEvent",
     "ParserStatistics",
     "Start",
     "Stop",
     "clear_message",
-    "connected_message",
-    "dtmf_message",
-    "inbound_media_message",
-    "mark_echo_message",
     "mark_message",
     "media_message",
-    "parse_outbound",
-    "start_message",
-    "stop_message",
 ]
 
 MAX_MESSAGE_BYTES: Final = 65536
@@ -86,17 +85,11 @@ A 20 ms media frame is about 330 bytes; anything above 64 KiB is refused with cl
 # Counter strings longer than this are refused: 19 digits still fit in a signed 64-bit
 # integer, and it keeps int() clear of CPython's 4300-digit conversion limit.
 _MAX_DIGITS: Final = 19
-_UINT_TEXT: Final = "a string holding a non-negative decimal integer"
-_digits = re.compile(r"[0-9]{1,19}").fullmatch
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
 _loads = json.loads
 
-_MULAW: Final = "audio/x-mulaw"
-_SAMPLE_RATE: Final = 8000
-_CHANNELS: Final = 1
 _MEDIA_TRACKS: Final = ("inbound", "outbound")
-_DTMF_TRACK: Final = "inbound_track"
 _MAX_EVENT_NAME: Final = 100
 
 # Parser states.
@@ -221,149 +214,6 @@ class ParserStatistics:
     """Well-formed messages with an ``event`` this parser does not know."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutMedia:
-    """Audio the server sent for Twilio to play (outbound ``media``)."""
-
-    stream_sid: str
-    """The ``streamSid`` the server addressed."""
-    payload: bytes
-    """The decoded μ-law bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutMark:
-    """A mark the server placed after its queued audio (outbound ``mark``)."""
-
-    stream_sid: str
-    """The ``streamSid`` the server addressed."""
-    name: str
-    """The mark's name."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutClear:
-    """The server asked Twilio to drop its playback buffer (outbound ``clear``)."""
-
-    stream_sid: str
-    """The ``streamSid`` the server addressed."""
-
-
-OutboundEvent: TypeAlias = OutMedia | OutMark | OutClear
-"""Any event :func:`parse_outbound` returns."""
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _short(value: str, limit: int = 40) -> str:
-    """``repr`` of a string, cut down so error messages stay small."""
-    if len(value) > limit:
-        return repr(value[:limit]) + "…"
-    return repr(value)
-
-
-def _describe(value: object) -> str:
-    """Name a decoded JSON value's type (and a short form of its value) for an error message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, int):
-        text = str(value)
-        return f"an integer ({text if len(text) <= 40 else text[:40] + '…'})"
-    if isinstance(value, float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"the string {_short(value)}"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-def _invalid(path: str, expected: str, value: object) -> ProtocolError:
-    """The 1007 error for a field of the wrong type or form."""
-    return ProtocolError(
-        f"{path}: expected {expected}, got {_describe(value)}", CLOSE_INVALID_PAYLOAD
-    )
-
-
-def _field(obj: dict[str, Any], key: str, path: str, expected: str) -> Any:
-    """``obj[key]``, or a 1007 error naming the missing field."""
-    try:
-        return obj[key]
-    except KeyError:
-        raise ProtocolError(
-            f"{path}: missing (expected {expected})", CLOSE_INVALID_PAYLOAD
-        ) from None
-
-
-def _str(obj: dict[str, Any], key: str, path: str) -> str:
-    """A field that must be a JSON string."""
-    value = _field(obj, key, path, "a string")
-    if type(value) is not str:
-        raise _invalid(path, "a string", value)
-    return value
-
-
-def _object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
-    """A field that must be a JSON object."""
-    value = _field(obj, key, path, "an object")
-    if type(value) is not dict:
-        raise _invalid(path, "an object", value)
-    return value
-
-
-def _uint(obj: dict[str, Any], key: str, path: str) -> int:
-    """A counter field: a JSON string of 1–19 ASCII digits (so not ``5``, ``"-1"``, ``" 1"``)."""
-    value = _field(obj, key, path, _UINT_TEXT)
-    if type(value) is str and _digits(value) is not None:
-        return int(value)
-    raise _invalid(path, _UINT_TEXT, value)
-
-
-def _int(obj: dict[str, Any], key: str, path: str) -> int:
-    """A field that must be a JSON number holding an integer (not a boolean, not ``8000.0``)."""
-    value = _field(obj, key, path, "an integer")
-    if type(value) is not int:
-        raise _invalid(path, "an integer", value)
-    return value
-
-
-def _base64(text: str, path: str) -> bytes:
-    """Strict base64 decoding, or a 1007 error."""
-    try:
-        return _a2b(text, strict_mode=True)
-    except ValueError as exc:  # binascii.Error, or non-ASCII text
-        raise ProtocolError(f"{path}: invalid base64 ({exc})", CLOSE_INVALID_PAYLOAD) from None
-
-
-def _is_sid(value: str) -> bool:
-    """Whether ``value`` is non-empty ASCII letters and digits (safe to splice into JSON)."""
-    return value.isascii() and value.isalnum()
-
-
-def _load_object(message: str | bytes) -> dict[str, Any]:
-    """Decode one WebSocket text message into a JSON object, or raise ProtocolError."""
-    if not isinstance(message, str):
-        raise ProtocolError(
-            "binary WebSocket frames are not supported; Media Streams use text frames",
-            CLOSE_UNSUPPORTED_DATA,
-        )
-    try:
-        msg = _loads(message)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"invalid JSON: {exc}", CLOSE_INVALID_PAYLOAD) from None
-    if type(msg) is not dict:
-        raise _invalid("message", "a JSON object", msg)
-    return msg
-
-
-def _event_name(msg: dict[str, Any]) -> str:
-    """The message's ``event`` field, which must be a string."""
-    return _str(msg, "event", "event")
-
-
 # --------------------------------------------------------------------------- the parser
 
 
@@ -479,7 +329,7 @@ class MediaStreamParser:
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"invalid JSON: {exc}", CLOSE_INVALID_PAYLOAD) from None
         if type(msg) is not dict:
-            raise _invalid("message", "a JSON object", msg)
+            raise invalid("message", "a JSON object", msg)
         event = msg.get("event")
 
         if event == "media" and self._state == _STREAMING:
@@ -530,11 +380,11 @@ class MediaStreamParser:
 
     def _receive_slow(self, msg: dict[str, Any]) -> InboundEvent:
         """Check one decoded message completely, field by field, and apply it."""
-        event = _event_name(msg)
+        event = event_name(msg)
         state = self._state
         if state == _STOPPED:
             raise ProtocolError(
-                f"{_short(event)} message after 'stop': the stream has ended",
+                f"{short(event)} message after 'stop': the stream has ended",
                 CLOSE_PROTOCOL_ERROR,
             )
         if event == "connected":
@@ -543,7 +393,7 @@ class MediaStreamParser:
             return self._on_connected(msg)
         if state == _AWAIT_CONNECTED:
             raise ProtocolError(
-                f"expected 'connected' as the first message, got {_short(event)}",
+                f"expected 'connected' as the first message, got {short(event)}",
                 CLOSE_PROTOCOL_ERROR,
             )
         if event == "start":
@@ -574,71 +424,70 @@ class MediaStreamParser:
 
     def _check_sequenced(self, msg: dict[str, Any], event: str) -> int:
         """Validate ``sequenceNumber`` and ``streamSid`` of a message after ``start``."""
-        seq = _uint(msg, "sequenceNumber", "sequenceNumber")
-        sid = _str(msg, "streamSid", "streamSid")
+        seq = uint_field(msg, "sequenceNumber", "sequenceNumber")
+        sid = str_field(msg, "streamSid", "streamSid")
         if sid != self._stream_sid:
             raise ProtocolError(
-                f"streamSid mismatch: {event!r} message has {_short(sid)}, "
+                f"streamSid mismatch: {event!r} message has {short(sid)}, "
                 f"the stream is {self._stream_sid!r}",
                 CLOSE_POLICY_VIOLATION,
             )
         return seq
 
     def _on_connected(self, msg: dict[str, Any]) -> Connected:
-        protocol = _str(msg, "protocol", "protocol")
-        version = _str(msg, "version", "version")
+        protocol = str_field(msg, "protocol", "protocol")
+        version = str_field(msg, "version", "version")
         self._state = _AWAIT_START
         self._messages += 1
         return Connected(protocol, version)
 
     def _on_start(self, msg: dict[str, Any]) -> Start:
-        seq = _uint(msg, "sequenceNumber", "sequenceNumber")
-        top_sid = _str(msg, "streamSid", "streamSid")
-        start = _object(msg, "start", "start")
-        stream_sid = _str(start, "streamSid", "start.streamSid")
-        account_sid = _str(start, "accountSid", "start.accountSid")
-        call_sid = _str(start, "callSid", "start.callSid")
-        tracks = _field(start, "tracks", "start.tracks", "an array of strings")
+        seq = uint_field(msg, "sequenceNumber", "sequenceNumber")
+        top_sid = str_field(msg, "streamSid", "streamSid")
+        start = object_field(msg, "start", "start")
+        stream_sid = str_field(start, "streamSid", "start.streamSid")
+        account_sid = str_field(start, "accountSid", "start.accountSid")
+        call_sid = str_field(start, "callSid", "start.callSid")
+        tracks = field(start, "tracks", "start.tracks", "an array of strings")
         if type(tracks) is not list:
-            raise _invalid("start.tracks", "an array of strings", tracks)
+            raise invalid("start.tracks", "an array of strings", tracks)
         for index, track in enumerate(tracks):
             if type(track) is not str:
-                raise _invalid(f"start.tracks[{index}]", "a string", track)
+                raise invalid(f"start.tracks[{index}]", "a string", track)
         params = start.get("customParameters", {})
         if type(params) is not dict:
-            raise _invalid("start.customParameters", "an object of strings", params)
+            raise invalid("start.customParameters", "an object of strings", params)
         for key, value in params.items():
             if type(value) is not str:
-                raise _invalid(f"start.customParameters.{key[:40]}", "a string", value)
-        media_format = _object(start, "mediaFormat", "start.mediaFormat")
-        encoding = _str(media_format, "encoding", "start.mediaFormat.encoding")
-        sample_rate = _int(media_format, "sampleRate", "start.mediaFormat.sampleRate")
-        channels = _int(media_format, "channels", "start.mediaFormat.channels")
+                raise invalid(f"start.customParameters.{key[:40]}", "a string", value)
+        media_format = object_field(start, "mediaFormat", "start.mediaFormat")
+        encoding = str_field(media_format, "encoding", "start.mediaFormat.encoding")
+        sample_rate = int_field(media_format, "sampleRate", "start.mediaFormat.sampleRate")
+        channels = int_field(media_format, "channels", "start.mediaFormat.channels")
 
-        if not _is_sid(top_sid):
-            raise _invalid("streamSid", "a SID of ASCII letters and digits", top_sid)
+        if not is_sid(top_sid):
+            raise invalid("streamSid", "a SID of ASCII letters and digits", top_sid)
         if stream_sid != top_sid:
             raise ProtocolError(
-                f"streamSid mismatch: start.streamSid {_short(stream_sid)} "
+                f"streamSid mismatch: start.streamSid {short(stream_sid)} "
                 f"differs from streamSid {top_sid!r}",
                 CLOSE_POLICY_VIOLATION,
             )
-        if encoding != _MULAW:
+        if encoding != MULAW:
             raise ProtocolError(
-                f"start.mediaFormat.encoding: unsupported {_short(encoding)}, "
-                f"only {_MULAW!r} is supported",
+                f"start.mediaFormat.encoding: unsupported {short(encoding)}, "
+                f"only {MULAW!r} is supported",
                 CLOSE_UNSUPPORTED_DATA,
             )
-        if sample_rate != _SAMPLE_RATE:
+        if sample_rate != SAMPLE_RATE:
             raise ProtocolError(
                 f"start.mediaFormat.sampleRate: unsupported {sample_rate}, "
-                f"only {_SAMPLE_RATE} is supported",
+                f"only {SAMPLE_RATE} is supported",
                 CLOSE_UNSUPPORTED_DATA,
             )
-        if channels != _CHANNELS:
+        if channels != CHANNELS:
             raise ProtocolError(
-                f"start.mediaFormat.channels: unsupported {channels}, "
-                f"only {_CHANNELS} is supported",
+                f"start.mediaFormat.channels: unsupported {channels}, only {CHANNELS} is supported",
                 CLOSE_UNSUPPORTED_DATA,
             )
 
@@ -662,16 +511,16 @@ class MediaStreamParser:
 
     def _on_media(self, msg: dict[str, Any]) -> Media:
         seq = self._check_sequenced(msg, "media")
-        media = _object(msg, "media", "media")
-        track = _str(media, "track", "media.track")
+        media = object_field(msg, "media", "media")
+        track = str_field(media, "track", "media.track")
         if track not in _MEDIA_TRACKS:
             raise ProtocolError(
-                f"media.track: expected 'inbound' or 'outbound', got {_short(track)}",
+                f"media.track: expected 'inbound' or 'outbound', got {short(track)}",
                 CLOSE_INVALID_PAYLOAD,
             )
-        chunk = _uint(media, "chunk", "media.chunk")
-        timestamp = _uint(media, "timestamp", "media.timestamp")
-        payload = _base64(_str(media, "payload", "media.payload"), "media.payload")
+        chunk = uint_field(media, "chunk", "media.chunk")
+        timestamp = uint_field(media, "timestamp", "media.timestamp")
+        payload = decode_base64(str_field(media, "payload", "media.payload"), "media.payload")
         self._advance(seq)
         if chunk > self._last_chunk + 1 and self._last_chunk >= 0:
             self._chunk_gaps += 1
@@ -682,26 +531,26 @@ class MediaStreamParser:
 
     def _on_dtmf(self, msg: dict[str, Any]) -> Dtmf:
         seq = self._check_sequenced(msg, "dtmf")
-        dtmf = _object(msg, "dtmf", "dtmf")
-        track = _str(dtmf, "track", "dtmf.track")
-        digit = _str(dtmf, "digit", "dtmf.digit")
+        dtmf = object_field(msg, "dtmf", "dtmf")
+        track = str_field(dtmf, "track", "dtmf.track")
+        digit = str_field(dtmf, "digit", "dtmf.digit")
         self._advance(seq)
         self._messages += 1
         return Dtmf(seq, track, digit)
 
     def _on_mark(self, msg: dict[str, Any]) -> Mark:
         seq = self._check_sequenced(msg, "mark")
-        mark = _object(msg, "mark", "mark")
-        name = _str(mark, "name", "mark.name")
+        mark = object_field(msg, "mark", "mark")
+        name = str_field(mark, "name", "mark.name")
         self._advance(seq)
         self._messages += 1
         return Mark(seq, name)
 
     def _on_stop(self, msg: dict[str, Any]) -> Stop:
         seq = self._check_sequenced(msg, "stop")
-        stop = _object(msg, "stop", "stop")
-        account_sid = _str(stop, "accountSid", "stop.accountSid")
-        call_sid = _str(stop, "callSid", "stop.callSid")
+        stop = object_field(msg, "stop", "stop")
+        account_sid = str_field(stop, "accountSid", "stop.accountSid")
+        call_sid = str_field(stop, "callSid", "stop.callSid")
         self._advance(seq)
         self._state = _STOPPED
         self._messages += 1
@@ -710,7 +559,7 @@ class MediaStreamParser:
     def _on_unknown(self, msg: dict[str, Any], event: str) -> NoReturn:
         """Count a well-formed message with an unknown ``event``, then raise UnknownEventError."""
         seq_text = msg.get("sequenceNumber")
-        if type(seq_text) is str and _digits(seq_text) is not None:
+        if type(seq_text) is str and is_counter(seq_text):
             self._advance(int(seq_text))
         self._messages += 1
         self._unknown += 1
@@ -723,16 +572,6 @@ def _backwards(seq: int, last: int) -> ProtocolError:
 
 
 # --------------------------------------------------------------------------- server → Twilio
-
-
-def _b64text(payload: bytes | bytearray | memoryview) -> str:
-    """Base64 of ``payload`` as text, without a trailing newline."""
-    return _b2a(payload, newline=False).decode("ascii")
-
-
-def _dumps(obj: dict[str, Any]) -> str:
-    """Compact JSON, as Twilio and the server write it."""
-    return json.dumps(obj, separators=(",", ":"))
 
 
 def media_message(stream_sid: str, payload: bytes | bytearray | memoryview) -> str:
@@ -750,166 +589,16 @@ def media_message(stream_sid: str, payload: bytes | bytearray | memoryview) -> s
             + _b2a(payload, newline=False).decode("ascii")
             + '"}}'
         )
-    return _dumps(
-        {"event": "media", "streamSid": stream_sid, "media": {"payload": _b64text(payload)}}
+    return dumps(
+        {"event": "media", "streamSid": stream_sid, "media": {"payload": b64text(payload)}}
     )
 
 
 def mark_message(stream_sid: str, name: str) -> str:
     """The ``mark`` message (§1.3): Twilio echoes ``name`` once the audio before it has played."""
-    return _dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+    return dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
 
 def clear_message(stream_sid: str) -> str:
     """The ``clear`` message (§1.3): Twilio drops its playback buffer (barge-in)."""
-    return _dumps({"event": "clear", "streamSid": stream_sid})
-
-
-def parse_outbound(message: str | bytes) -> OutboundEvent:
-    """Parse one message the server sent to Twilio (§1.3), as the emulator receives it.
-
-    Raises :class:`~engine.errors.ProtocolError` on a binary frame (1003), invalid JSON
-    or a missing/mistyped field or bad base64 (1007), or an ``event`` other than
-    ``media``, ``mark`` and ``clear`` (1003; here an unknown event is an error, and a
-    plain ``ProtocolError`` rather than :class:`~engine.errors.UnknownEventError`).
-    Extra fields are ignored. No size limit applies: Twilio accepts chunks of any size.
-    """
-    msg = _load_object(message)
-    event = _event_name(msg)
-    if event not in ("media", "mark", "clear"):
-        raise ProtocolError(
-            f"unknown outbound event {_short(event)}: expected 'media', 'mark' or 'clear'",
-            CLOSE_UNSUPPORTED_DATA,
-        )
-    stream_sid = _str(msg, "streamSid", "streamSid")
-    if not _is_sid(stream_sid):
-        raise _invalid("streamSid", "a SID of ASCII letters and digits", stream_sid)
-    if event == "media":
-        media = _object(msg, "media", "media")
-        payload = _base64(_str(media, "payload", "media.payload"), "media.payload")
-        return OutMedia(stream_sid, payload)
-    if event == "mark":
-        mark = _object(msg, "mark", "mark")
-        return OutMark(stream_sid, _str(mark, "name", "mark.name"))
-    return OutClear(stream_sid)
-
-
-# --------------------------------------------------------------------------- Twilio → server
-
-
-_CONNECTED_MESSAGE: Final = '{"event":"connected","protocol":"Call","version":"1.0.0"}'
-
-
-def connected_message() -> str:
-    """Twilio's first message on a stream: ``connected``, protocol ``Call``, version ``1.0.0``."""
-    return _CONNECTED_MESSAGE
-
-
-def start_message(
-    sequence_number: int,
-    stream_sid: str,
-    account_sid: str,
-    call_sid: str,
-    custom_parameters: Mapping[str, str],
-    tracks: Sequence[str] = ("inbound",),
-) -> str:
-    """Twilio's ``start`` message, with the fixed μ-law/8000/1 media format (§1.2)."""
-    return _dumps(
-        {
-            "event": "start",
-            "sequenceNumber": str(sequence_number),
-            "streamSid": stream_sid,
-            "start": {
-                "streamSid": stream_sid,
-                "accountSid": account_sid,
-                "callSid": call_sid,
-                "tracks": list(tracks),
-                "customParameters": dict(custom_parameters),
-                "mediaFormat": {
-                    "encoding": _MULAW,
-                    "sampleRate": _SAMPLE_RATE,
-                    "channels": _CHANNELS,
-                },
-            },
-        }
-    )
-
-
-def inbound_media_message(
-    sequence_number: int,
-    stream_sid: str,
-    chunk: int,
-    timestamp: int,
-    payload: bytes | bytearray | memoryview,
-    track: str = "inbound",
-) -> str:
-    """Twilio's ``media`` message carrying ``payload`` (raw μ-law), counters as strings (§1.2).
-
-    Built by splicing when ``stream_sid`` and ``track`` are plain ASCII letters and digits
-    (the normal case, fast); through :mod:`json` otherwise, so the output is always valid.
-    """
-    if stream_sid.isascii() and stream_sid.isalnum() and track.isascii() and track.isalnum():
-        return (
-            '{"event":"media","sequenceNumber":"'
-            + str(sequence_number)
-            + '","streamSid":"'
-            + stream_sid
-            + '","media":{"track":"'
-            + track
-            + '","chunk":"'
-            + str(chunk)
-            + '","timestamp":"'
-            + str(timestamp)
-            + '","payload":"'
-            + _b2a(payload, newline=False).decode("ascii")
-            + '"}}'
-        )
-    return _dumps(
-        {
-            "event": "media",
-            "sequenceNumber": str(sequence_number),
-            "streamSid": stream_sid,
-            "media": {
-                "track": track,
-                "chunk": str(chunk),
-                "timestamp": str(timestamp),
-                "payload": _b64text(payload),
-            },
-        }
-    )
-
-
-def dtmf_message(sequence_number: int, stream_sid: str, digit: str) -> str:
-    """Twilio's ``dtmf`` message for one key press (track ``inbound_track``, §1.2)."""
-    return _dumps(
-        {
-            "event": "dtmf",
-            "sequenceNumber": str(sequence_number),
-            "streamSid": stream_sid,
-            "dtmf": {"track": _DTMF_TRACK, "digit": digit},
-        }
-    )
-
-
-def mark_echo_message(sequence_number: int, stream_sid: str, name: str) -> str:
-    """Twilio's ``mark`` message echoing a mark the server sent (§1.2)."""
-    return _dumps(
-        {
-            "event": "mark",
-            "sequenceNumber": str(sequence_number),
-            "streamSid": stream_sid,
-            "mark": {"name": name},
-        }
-    )
-
-
-def stop_message(sequence_number: int, stream_sid: str, account_sid: str, call_sid: str) -> str:
-    """Twilio's ``stop`` message, sent when the stream stops or the call ends (§1.2)."""
-    return _dumps(
-        {
-            "event": "stop",
-            "sequenceNumber": str(sequence_number),
-            "streamSid": stream_sid,
-            "stop": {"accountSid": account_sid, "callSid": call_sid},
-        }
-    )
+    return dumps({"event": "clear", "streamSid": stream_sid})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
@@ -203,14 +203,11 @@ class CallSession:
             log.exception("could not make the stage of call %s", start.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
-        playout_config = self.config.playout
-        if not stage.barge_in and playout_config.barge_in:
-            playout_config = PlayoutConfig(
-                lead_ms=playout_config.lead_ms,
-                mark_interval_ms=playout_config.mark_interval_ms,
-                drain_mark_ms=playout_config.drain_mark_ms,
-                barge_in=False,
-            )
+        playout_config = replace(
+            self.config.playout,
+            barge_in=self.config.playout.barge_in and stage.barge_in,
+            paced=self.config.playout.paced and stage.paced,
+        )
         self._playout = PlayoutCore(start.stream_sid, playout_config)
         call = CallContext(
             call_sid=start.call_sid,

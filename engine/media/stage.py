@@ -34,6 +34,7 @@ from engine.media.frames import (
     Dtmf,
     Frame,
     HangUp,
+    Interrupt,
     Interrupted,
     PlayAudio,
     PlaybackDone,
@@ -88,6 +89,16 @@ class CallContext:
         """Queue 8 kHz μ-law bytes for the caller as they are (no transcoding)."""
         await self._playout.send(PlayAudio(ulaw, label))
 
+    async def interrupt(self, reason: str = "interrupt") -> None:
+        """Cut the bot's audio now, as the engine's barge-in does, whatever ``barge_in`` says.
+
+        Audio queued before this call is dropped and playout sends ``clear``; then an
+        :class:`~engine.media.frames.Interrupted` frame arrives with the cut reply's ``label``
+        and ``heard_ms``. If nothing is queued or playing, nothing is sent and no frame follows.
+        For stages whose model detects the caller's speech itself (``barge_in = False``).
+        """
+        await self._playout.send(Interrupt(reason))
+
     async def hang_up(self, reason: str = "hang-up", *, drain: bool = True) -> None:
         """End the call, after the queued audio has played unless ``drain`` is false."""
         await self._playout.send(HangUp(reason, drain))
@@ -102,12 +113,16 @@ class Stage:
       events arrive either way). Audio frames are live: a slow stage loses the oldest, counted.
     - ``turn_detection``: run VAD / end-of-turn on the caller's audio (default on).
     - ``barge_in``: when the caller speaks over queued or playing bot audio, send ``clear``
-      and deliver :class:`Interrupted` (default on).
+      and deliver :class:`Interrupted` (default on). A stage that detects barge-in itself turns
+      this off and calls :meth:`CallContext.interrupt`.
+    - ``paced``: keep only a small lead of audio queued at Twilio (default on). A stage whose
+      audio comes in real time (echo) turns it off so nothing waits.
     """
 
     receives_audio: ClassVar[bool] = False
     turn_detection: ClassVar[bool] = True
     barge_in: ClassVar[bool] = True
+    paced: ClassVar[bool] = True
 
     async def run(self, call: CallContext) -> None:
         """Handle the call's frames until it ends; the default dispatches to ``on_*``."""

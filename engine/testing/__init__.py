@@ -11,7 +11,8 @@
 
 from engine.testing.audio import read_audio
 from engine.testing.caller import EmulatorError, InboundCall, open_inbound_call, ring
-from engine.testing.rest import (
+from engine.testing.stream import EmulatedStream, StreamRecord, new_sid, open_stream
+from engine.testing.twilio_api import (
     CalleeBehaviour,
     EmulatedCallState,
     EmulatedMessage,
@@ -20,7 +21,6 @@ from engine.testing.rest import (
     WebhookAttempt,
     open_twilio_emulator,
 )
-from engine.testing.stream import EmulatedStream, StreamRecord, new_sid, open_stream
 from engine.tts import speak_ulaw as speech
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -45,8 +46,12 @@ async def ring(
     account_sid: str | None = None,
     call_sid: str | None = None,
     path: str = "/twilio/voice",
+    client: httpx.AsyncClient | None = None,
 ) -> InboundCall:
-    """POST the voice webhook as Twilio does and follow the TwiML it returns."""
+    """POST the voice webhook as Twilio does and follow the TwiML it returns.
+
+    Pass ``client`` to reuse connections when ringing many times (making a client is slow).
+    """
     call_sid = call_sid or new_sid("CA")
     account_sid = account_sid or new_sid("AC")
     params = {
@@ -64,7 +69,10 @@ async def ring(
     headers = {"User-Agent": "TwilioProxy/1.1"}
     if auth_token is not None:
         headers["X-Twilio-Signature"] = compute_signature(url, params, auth_token)
-    async with httpx.AsyncClient(timeout=10) as client:
+    if client is None:
+        async with httpx.AsyncClient(timeout=10) as own:
+            response = await own.post(url, data=params, headers=headers)
+    else:
         response = await client.post(url, data=params, headers=headers)
     if response.status_code != 200:
         raise EmulatorError(f"voice webhook answered HTTP {response.status_code}: {response.text}")
@@ -80,7 +88,7 @@ async def ring(
 
 @asynccontextmanager
 async def open_inbound_call(
-    public_url: str, auth_token: str | None, **ring_options: str
+    public_url: str, auth_token: str | None, **ring_options: Any
 ) -> AsyncIterator[EmulatedStream]:
     """Ring the server at ``public_url`` and stream the answered call until the block exits."""
     call = await ring(public_url, auth_token, **ring_options)

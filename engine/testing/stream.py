@@ -24,7 +24,7 @@ import trio_websocket
 
 from engine.control.signature import compute_signature
 from engine.errors import ProtocolError
-from engine.media import protocol
+from engine.media import twilio_side
 from engine.media.codec import FRAME_BYTES, SILENCE_BYTE
 
 __all__ = ["EmulatedStream", "StreamRecord", "new_sid", "open_stream"]
@@ -133,7 +133,7 @@ class EmulatedStream:
 
     async def dtmf(self, digit: str) -> None:
         """Press a key (sent as Twilio's ``dtmf`` message)."""
-        await self._send(lambda seq: protocol.dtmf_message(seq, self.stream_sid, digit))
+        await self._send(lambda seq: twilio_side.dtmf_message(seq, self.stream_sid, digit))
 
     def now_ms(self) -> int:
         """The media time now (ms since frame 0)."""
@@ -161,7 +161,7 @@ class EmulatedStream:
             try:
                 await self._send(
                     partial(
-                        protocol.inbound_media_message,
+                        twilio_side.inbound_media_message,
                         stream_sid=self.stream_sid,
                         chunk=chunk,
                         timestamp=timestamp,
@@ -184,7 +184,7 @@ class EmulatedStream:
                 message = await self._ws.get_message()
                 now = trio.current_time()
                 try:
-                    event = protocol.parse_outbound(message)
+                    event = twilio_side.parse_outbound(message)
                 except ProtocolError as exc:
                     record.errors.append(str(exc))
                     continue
@@ -192,15 +192,15 @@ class EmulatedStream:
                     record.errors.append(f"streamSid {event.stream_sid!r} is not this stream's")
                     continue
                 match event:
-                    case protocol.OutMedia(payload=payload):
+                    case twilio_side.OutMedia(payload=payload):
                         record.received.append((now, payload))
                         self._buffer.append(payload)
-                    case protocol.OutMark(name=name):
+                    case twilio_side.OutMark(name=name):
                         self._mark_index[name] = len(record.marks)
                         record.marks.append((name, now, 0.0))
                         self._buffer.append(name)
                         await self._echo_ready_marks()
-                    case protocol.OutClear():
+                    case twilio_side.OutClear():
                         record.clears.append((now, self._last_timestamp))
                         pending = [item for item in self._buffer if isinstance(item, str)]
                         self._buffer.clear()
@@ -250,7 +250,7 @@ class EmulatedStream:
             mark, received, _ = self.record.marks[index]
             self.record.marks[index] = (mark, received, trio.current_time())
         with suppress(trio_websocket.ConnectionClosed):
-            await self._send(lambda seq: protocol.mark_echo_message(seq, self.stream_sid, name))
+            await self._send(lambda seq: twilio_side.mark_echo_message(seq, self.stream_sid, name))
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class EmulatedStream:
                     self._stopped = True
                     self._seq += 1
                     await self._ws.send_message(
-                        protocol.stop_message(
+                        twilio_side.stop_message(
                             self._seq, self.stream_sid, self.account_sid, self.call_sid
                         )
                     )
@@ -310,9 +310,9 @@ async def open_stream(
         stream = EmulatedStream(
             ws, stream_sid=stream_sid, account_sid=account_sid, call_sid=call_sid
         )
-        await ws.send_message(protocol.connected_message())
+        await ws.send_message(twilio_side.connected_message())
         await stream._send(
-            lambda seq: protocol.start_message(
+            lambda seq: twilio_side.start_message(
                 seq, stream_sid, account_sid, call_sid, dict(parameters), tracks
             )
         )

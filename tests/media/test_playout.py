@@ -19,7 +19,7 @@ from engine.media.frames import (
     SpeechStarted,
 )
 from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
-from engine.media.protocol import OutboundEvent, OutClear, OutMark, OutMedia, parse_outbound
+from engine.media.twilio_side import OutboundEvent, OutClear, OutMark, OutMedia, parse_outbound
 
 SID = "MZ0123456789abcdef0123456789abcdef"
 BYTES_PER_MS = 8

@@ -1,4 +1,8 @@
-"""Tests for engine.media.protocol: the Twilio Media Streams protocol (PROTOCOL.md §1)."""
+"""Tests for engine.media.protocol: Media Streams (PROTOCOL.md §1), the server side.
+
+Twilio's side is tested in ``test_twilio_side``; the §1.2 examples are in
+``media_stream_examples``.
+"""
 
 from __future__ import annotations
 
@@ -22,147 +26,34 @@ from engine.errors import (
 )
 from engine.media.protocol import (
     MAX_MESSAGE_BYTES,
-    Connected,
-    Dtmf,
-    InboundEvent,
     Mark,
     Media,
     MediaStreamParser,
-    OutClear,
-    OutMark,
-    OutMedia,
     ParserStatistics,
     Start,
     Stop,
     clear_message,
-    connected_message,
-    dtmf_message,
-    inbound_media_message,
-    mark_echo_message,
     mark_message,
     media_message,
-    parse_outbound,
-    start_message,
-    stop_message,
 )
-
-# Real-length SIDs: two letters + 32 hex digits.
-SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
-ACCOUNT = "AC25e16e9a716a4a1786a7c47fe0c4f8e3"
-CALL = "CA2bb2bb6c08e15e0d2d3ab7a6b8b3b7c5"
-OTHER_SID = "MZ00000000000000000000000000000000"
-SILENCE_B64 = "////" * 53 + "/w=="  # 160 bytes of 0xFF: 20 ms of μ-law silence (§7)
-SILENCE = b"\xff" * 160
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
-# --------------------------------------------------------------------------- §1.2 example messages
-
-CONNECTED_D: dict[str, Any] = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
-
-
-def start_d() -> dict[str, Any]:
-    return {
-        "event": "start",
-        "sequenceNumber": "1",
-        "streamSid": SID,
-        "start": {
-            "streamSid": SID,
-            "accountSid": ACCOUNT,
-            "callSid": CALL,
-            "tracks": ["inbound"],
-            "customParameters": {"FirstName": "Jane"},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        },
-    }
-
-
-def media_d(seq: int = 2, chunk: int = 1, timestamp: int = 5) -> dict[str, Any]:
-    return {
-        "event": "media",
-        "sequenceNumber": str(seq),
-        "streamSid": SID,
-        "media": {
-            "track": "inbound",
-            "chunk": str(chunk),
-            "timestamp": str(timestamp),
-            "payload": SILENCE_B64,
-        },
-    }
-
-
-def dtmf_d(seq: int = 3) -> dict[str, Any]:
-    return {
-        "event": "dtmf",
-        "sequenceNumber": str(seq),
-        "streamSid": SID,
-        "dtmf": {"track": "inbound_track", "digit": "1"},
-    }
-
-
-def mark_d(seq: int = 4) -> dict[str, Any]:
-    return {
-        "event": "mark",
-        "sequenceNumber": str(seq),
-        "streamSid": SID,
-        "mark": {"name": "utt-7"},
-    }
-
-
-def stop_d(seq: int = 5) -> dict[str, Any]:
-    return {
-        "event": "stop",
-        "sequenceNumber": str(seq),
-        "streamSid": SID,
-        "stop": {"accountSid": ACCOUNT, "callSid": CALL},
-    }
-
-
-# The §1.2 examples verbatim (whitespace and all), with the SIDs written out in full.
-EXAMPLE_TEXTS = [
-    '{"event":"connected","protocol":"Call","version":"1.0.0"}',
-    '{"event":"start","sequenceNumber":"1","streamSid":"' + SID + '",\n'
-    ' "start":{"streamSid":"' + SID + '","accountSid":"' + ACCOUNT + '","callSid":"' + CALL + '",'
-    '"tracks":["inbound"],\n  "customParameters":{"FirstName":"Jane"},\n'
-    '  "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}',
-    '{"event":"media","sequenceNumber":"2","streamSid":"' + SID + '",\n'
-    ' "media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"' + SILENCE_B64 + '"}}',
-    '{"event":"dtmf","sequenceNumber":"3","streamSid":"' + SID + '",'
-    '"dtmf":{"track":"inbound_track","digit":"1"}}',
-    '{"event":"mark","sequenceNumber":"4","streamSid":"' + SID + '","mark":{"name":"utt-7"}}',
-    '{"event":"stop","sequenceNumber":"5","streamSid":"' + SID + '",'
-    '"stop":{"accountSid":"' + ACCOUNT + '","callSid":"' + CALL + '"}}',
-]
-
-EXAMPLE_EVENTS: list[InboundEvent] = [
-    Connected(protocol="Call", version="1.0.0"),
-    Start(
-        sequence_number=1,
-        stream_sid=SID,
-        account_sid=ACCOUNT,
-        call_sid=CALL,
-        tracks=("inbound",),
-        custom_parameters={"FirstName": "Jane"},
-        encoding="audio/x-mulaw",
-        sample_rate=8000,
-        channels=1,
-    ),
-    Media(sequence_number=2, track="inbound", chunk=1, timestamp=5, payload=SILENCE),
-    Dtmf(sequence_number=3, track="inbound_track", digit="1"),
-    Mark(sequence_number=4, name="utt-7"),
-    Stop(sequence_number=5, account_sid=ACCOUNT, call_sid=CALL),
-]
-
-
-def streaming_parser() -> MediaStreamParser:
-    """A parser that has had ``connected`` and ``start`` (sequenceNumber 1)."""
-    parser = MediaStreamParser()
-    parser.receive(dumps(CONNECTED_D))
-    parser.receive(dumps(start_d()))
-    return parser
+from media_stream_examples import (
+    ACCOUNT,
+    CALL,
+    CONNECTED_D,
+    EXAMPLE_EVENTS,
+    EXAMPLE_TEXTS,
+    OTHER_SID,
+    SID,
+    SILENCE,
+    SILENCE_B64,
+    dtmf_d,
+    dumps,
+    mark_d,
+    media_d,
+    start_d,
+    stop_d,
+    streaming_parser,
+)
 
 
 def test_examples_parse_in_documented_order() -> None:
@@ -234,71 +125,6 @@ def test_both_tracks_and_outbound_media() -> None:
     assert parser.receive(dumps(out)) == Media(2, "outbound", 1, 5, SILENCE)
     assert parser.receive(dumps(media_d(3, 2))) == Media(3, "inbound", 2, 5, SILENCE)
     assert parser.statistics().chunk_gaps == 0
-
-
-# --------------------------------------------------------------------------- Twilio-side builders
-
-
-def test_twilio_builders_write_exactly_the_documented_json() -> None:
-    assert json.loads(connected_message()) == CONNECTED_D
-    assert json.loads(start_message(1, SID, ACCOUNT, CALL, {"FirstName": "Jane"})) == start_d()
-    assert json.loads(inbound_media_message(2, SID, 1, 5, SILENCE)) == media_d()
-    assert json.loads(dtmf_message(3, SID, "1")) == dtmf_d()
-    assert json.loads(mark_echo_message(4, SID, "utt-7")) == mark_d()
-    assert json.loads(stop_message(5, SID, ACCOUNT, CALL)) == stop_d()
-
-
-def test_twilio_builders_round_trip_through_the_parser() -> None:
-    texts = [
-        connected_message(),
-        start_message(1, SID, ACCOUNT, CALL, {"FirstName": "Jane"}),
-        inbound_media_message(2, SID, 1, 5, SILENCE),
-        dtmf_message(3, SID, "1"),
-        mark_echo_message(4, SID, "utt-7"),
-        stop_message(5, SID, ACCOUNT, CALL),
-    ]
-    parser = MediaStreamParser()
-    assert [parser.receive(text) for text in texts] == EXAMPLE_EVENTS
-
-
-def test_inbound_media_builder_escapes_odd_sids_and_tracks() -> None:
-    text = inbound_media_message(2, 'MZ"x', 1, 0, b"\x00", track="out\\bound")
-    assert json.loads(text)["streamSid"] == 'MZ"x'
-    assert json.loads(text)["media"]["track"] == "out\\bound"
-
-
-@given(
-    first_seq=st.integers(min_value=0, max_value=10**9),
-    payloads=st.lists(st.binary(max_size=400), max_size=20),
-    params=st.dictionaries(st.text(max_size=20), st.text(max_size=30), max_size=5),
-    mark_name=st.text(max_size=40),
-    digit=st.sampled_from(list("0123456789*#")),
-)
-def test_builders_round_trip_property(
-    first_seq: int, payloads: list[bytes], params: dict[str, str], mark_name: str, digit: str
-) -> None:
-    parser = MediaStreamParser()
-    assert parser.receive(connected_message()) == Connected("Call", "1.0.0")
-    start = parser.receive(start_message(first_seq, SID, ACCOUNT, CALL, params))
-    assert isinstance(start, Start)
-    assert (start.sequence_number, start.custom_parameters) == (first_seq, params)
-    seq = first_seq
-    for index, payload in enumerate(payloads):
-        seq += 1
-        text = inbound_media_message(seq, SID, index + 1, 20 * index, payload)
-        assert parser.receive(text) == Media(seq, "inbound", index + 1, 20 * index, payload)
-    assert parser.receive(dtmf_message(seq + 1, SID, digit)) == Dtmf(
-        seq + 1, "inbound_track", digit
-    )
-    assert parser.receive(mark_echo_message(seq + 2, SID, mark_name)) == Mark(seq + 2, mark_name)
-    assert parser.receive(stop_message(seq + 3, SID, ACCOUNT, CALL)) == Stop(seq + 3, ACCOUNT, CALL)
-    stats = parser.statistics()
-    assert (stats.messages, stats.media, stats.gaps, stats.missing) == (
-        len(payloads) + 5,
-        len(payloads),
-        0,
-        0,
-    )
 
 
 # --------------------------------------------------------------------------- malformed input
@@ -874,7 +700,7 @@ def test_gap_counts_property(steps: list[int]) -> None:
     seq = 1
     for chunk, step in enumerate(steps, start=1):
         seq += step
-        parser.receive(inbound_media_message(seq, SID, chunk, 0, SILENCE))
+        parser.receive(dumps(media_d(seq, chunk, 0)))
     stats = parser.statistics()
     assert stats.gaps == sum(1 for step in steps if step > 1)
     assert stats.missing == sum(step - 1 for step in steps)
@@ -935,77 +761,3 @@ def test_media_message_is_compact_text() -> None:
 
 def test_media_message_escapes_a_non_alphanumeric_sid() -> None:
     assert json.loads(media_message('M"Z\\', b"\x01"))["streamSid"] == 'M"Z\\'
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["utt-7", 'say "hi"', "naïve ☎ 🎉", "back\\slash", "", "line\nbreak", "</script>", "\x00"],
-)
-def test_mark_names_survive(name: str) -> None:
-    text = mark_message(SID, name)
-    assert json.loads(text)["mark"]["name"] == name
-    assert parse_outbound(text) == OutMark(SID, name)
-    # ... and Twilio's echo of it comes back through the parser unchanged.
-    assert streaming_parser().receive(mark_echo_message(2, SID, name)) == Mark(2, name)
-
-
-@given(payload=st.binary(max_size=2000))
-def test_outbound_round_trip_property(payload: bytes) -> None:
-    assert parse_outbound(media_message(SID, payload)) == OutMedia(SID, payload)
-
-
-def test_outbound_round_trip() -> None:
-    assert parse_outbound(media_message(SID, SILENCE)) == OutMedia(SID, SILENCE)
-    assert parse_outbound(mark_message(SID, "utt-7")) == OutMark(SID, "utt-7")
-    assert parse_outbound(clear_message(SID)) == OutClear(SID)
-
-
-@pytest.mark.parametrize(
-    ("message", "close_code", "text"),
-    [
-        pytest.param(clear_message(SID).encode(), CLOSE_UNSUPPORTED_DATA, "binary", id="binary"),
-        pytest.param("{", CLOSE_INVALID_PAYLOAD, "invalid JSON", id="bad JSON"),
-        pytest.param("[]", CLOSE_INVALID_PAYLOAD, "JSON object", id="array"),
-        pytest.param('{"streamSid":"MZ1"}', CLOSE_INVALID_PAYLOAD, "event", id="no event"),
-        pytest.param('{"event":1}', CLOSE_INVALID_PAYLOAD, "event", id="event not a string"),
-        pytest.param(dumps(dtmf_d()), CLOSE_UNSUPPORTED_DATA, "dtmf", id="dtmf from server"),
-        pytest.param('{"event":"Clear"}', CLOSE_UNSUPPORTED_DATA, "Clear", id="unknown event"),
-        pytest.param('{"event":"clear"}', CLOSE_INVALID_PAYLOAD, "streamSid", id="clear no sid"),
-        pytest.param(
-            '{"event":"clear","streamSid":"MZ 1"}', CLOSE_INVALID_PAYLOAD, "streamSid", id="bad sid"
-        ),
-        pytest.param(
-            '{"event":"media","streamSid":"MZ1"}', CLOSE_INVALID_PAYLOAD, "media", id="no media"
-        ),
-        pytest.param(
-            '{"event":"media","streamSid":"MZ1","media":{"payload":"a"}}',
-            CLOSE_INVALID_PAYLOAD,
-            "media.payload: invalid base64",
-            id="bad base64",
-        ),
-        pytest.param(
-            '{"event":"media","streamSid":"MZ1","media":{"payload":5}}',
-            CLOSE_INVALID_PAYLOAD,
-            "media.payload",
-            id="payload not a string",
-        ),
-        pytest.param(
-            '{"event":"mark","streamSid":"MZ1","mark":{}}',
-            CLOSE_INVALID_PAYLOAD,
-            "mark.name: missing",
-            id="mark no name",
-        ),
-        pytest.param(
-            '{"event":"mark","streamSid":"MZ1","mark":"utt"}',
-            CLOSE_INVALID_PAYLOAD,
-            "mark: expected an object",
-            id="mark not an object",
-        ),
-    ],
-)
-def test_parse_outbound_refuses_malformed(message: str | bytes, close_code: int, text: str) -> None:
-    with pytest.raises(ProtocolError) as excinfo:
-        parse_outbound(message)
-    assert type(excinfo.value) is ProtocolError  # unknown events are errors here
-    assert excinfo.value.close_code == close_code
-    assert text in str(excinfo.value)
