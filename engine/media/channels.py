@@ -101,14 +101,17 @@ class FrameChannel(Generic[T]):
     async def send(self, item: T) -> None:
         """Queue ``item``, waiting for room if it is a control item and the channel is full."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
         while True:
             try:
                 self.send_nowait(item)
             except trio.WouldBlock:
                 await self._senders.park()
+                parked = True
             else:
-                # Sent: a cancellation now must not make the caller think it was not.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not parked:  # a wait was already a checkpoint; otherwise yield once
+                    # Sent: a cancellation now must not make the caller think it was not.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return
 
     def receive_nowait(self) -> T:
@@ -124,14 +127,17 @@ class FrameChannel(Generic[T]):
     async def receive(self) -> T:
         """Take the oldest item, waiting for one; ``trio.EndOfChannel`` once closed and drained."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
         while True:
             try:
                 item = self.receive_nowait()
             except trio.WouldBlock:
                 await self._receivers.park()
+                parked = True
             else:
-                # Taken: a cancellation now would lose the item, so it waits for the next call.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not parked:  # a wait was already a checkpoint; otherwise yield once
+                    # Taken: a cancellation now would lose the item, so it is shielded.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return item
 
     def close(self) -> None:
