@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         help="what the emulated caller says",
     )
     add_action_commands(commands)
+    from bench.cli import add_bench_command  # bench sits on top of the engine
+
+    add_bench_command(commands)
     return parser
 
 
@@ -106,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine.demo import run_demo
 
             return trio.run(run_demo, args.pipeline, args.say)
+        elif args.command == "bench":
+            from bench.cli import run_bench
+
+            return run_bench(args)
         else:
             return run_action(args)
     except EngineError as exc:

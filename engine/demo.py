@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import secrets
 
-import numpy as np
 import trio
 
 from engine.loader import load_stage_factory
-from engine.media.codec import FRAME_BYTES, ulaw_decode
+from engine.media.codec import FRAME_BYTES
 from engine.server import ServerConfig, VoiceServer
-from engine.testing import open_inbound_call, speech
+from engine.testing import open_inbound_call, speech, speech_bounds
 
 __all__ = ["run_demo", "speech_end_ms"]
 
 
-def speech_end_ms(ulaw: bytes, threshold: int = 300) -> int:
-    """Where speech ends in ``ulaw`` (ms): the end of the last 20 ms frame above ``threshold``."""
-    pcm = ulaw_decode(ulaw).astype(np.int32)
-    frames = len(pcm) // 160
-    if not frames:
-        return 0
-    rms = np.sqrt((pcm[: frames * 160].reshape(frames, 160) ** 2).mean(axis=1))
-    voiced = np.nonzero(rms > threshold)[0]
-    return int(voiced[-1] + 1) * 20 if len(voiced) else 0
+def speech_end_ms(ulaw: bytes) -> int:
+    """Where speech ends in ``ulaw`` (ms)."""
+    return speech_bounds(ulaw)[1]
 
 
 async def run_demo(pipeline: str, sentence: str) -> int:

@@ -9,7 +9,7 @@
 - :func:`read_audio` — a WAV or raw μ-law file as 8 kHz μ-law.
 """
 
-from engine.testing.audio import read_audio
+from engine.testing.audio import read_audio, speech_bounds
 from engine.testing.caller import EmulatorError, InboundCall, open_inbound_call, ring
 from engine.testing.stream import EmulatedStream, StreamRecord, new_sid, open_stream
 from engine.testing.twilio_api import (
@@ -41,4 +41,5 @@ __all__ = [
     "read_audio",
     "ring",
     "speech",
+    "speech_bounds",
 ]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError
-from engine.media.codec import SAMPLE_RATE, resample, ulaw_encode
+from engine.media.codec import SAMPLE_RATE, resample, ulaw_decode, ulaw_encode
 
-__all__ = ["RAW_ULAW_SUFFIXES", "read_audio"]
+__all__ = ["RAW_ULAW_SUFFIXES", "read_audio", "speech_bounds"]
 
 RAW_ULAW_SUFFIXES = frozenset({".ulaw", ".mulaw", ".ul", ".raw"})
 """File suffixes read as headerless 8 kHz μ-law."""
@@ -43,3 +43,20 @@ def read_audio(path: str | Path) -> bytes:
     if rate != SAMPLE_RATE:
         pcm = resample(pcm, rate, SAMPLE_RATE)
     return ulaw_encode(pcm)
+
+
+def speech_bounds(ulaw: bytes, threshold: float = 300.0) -> tuple[int, int]:
+    """Where speech starts and ends in ``ulaw`` (ms), by 20 ms frame energy; ``(0, 0)`` if none.
+
+    The truth a benchmark measures the detector against: the first and the end of the last
+    frame whose RMS level exceeds ``threshold`` (about −40 dBFS).
+    """
+    pcm = ulaw_decode(ulaw).astype(np.float64)
+    frames = len(pcm) // 160
+    if not frames:
+        return 0, 0
+    rms = np.sqrt((pcm[: frames * 160].reshape(frames, 160) ** 2).mean(axis=1))
+    voiced = np.nonzero(rms > threshold)[0]
+    if not len(voiced):
+        return 0, 0
+    return int(voiced[0]) * 20, int(voiced[-1] + 1) * 20

@@ -10,6 +10,7 @@ from engine.demo import speech_end_ms
 from engine.media.codec import ulaw_decode
 from engine.media.frames import SpeechEnded, SpeechStarted, Utterance
 from engine.media.vad import TurnConfig, TurnDetector, TurnEvent
+from engine.testing import speech_bounds
 
 SILENCE_MS = 600
 
@@ -18,11 +19,8 @@ def silence(ms: int) -> bytes:
     return b"\xff" * (ms * 8)
 
 
-def speech_start_ms(ulaw: bytes, threshold: int = 300) -> int:
-    pcm = ulaw_decode(ulaw).astype(np.int32)
-    frames = len(pcm) // 160
-    rms = np.sqrt((pcm[: frames * 160].reshape(frames, 160) ** 2).mean(axis=1))
-    return int(np.nonzero(rms > threshold)[0][0]) * 20
+def speech_start_ms(ulaw: bytes) -> int:
+    return speech_bounds(ulaw)[0]
 
 
 def run(ulaw: bytes, config: TurnConfig | None = None, chunk: int = 160) -> list[TurnEvent]:

@@ -1,0 +1,6 @@
+"""Benchmarks of the media stream: frame round trip, capacity, turn latency, barge-in, cost.
+
+The server runs in its own process pinned to one CPU; the load generator (the lean emulated
+Twilio of :mod:`engine.testing.load`) runs in another, pinned to another CPU, and reports its
+own CPU use and send lateness so a result can be trusted. ``voice-engine bench`` drives it all.
+"""

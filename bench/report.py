@@ -1,0 +1,158 @@
+"""Benchmark output: JSON (everything), a Markdown summary, PNG plots, and ``--compare``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.scenarios import PERCENTILES
+
+__all__ = ["compare", "figures", "write_markdown", "write_plots"]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def figures(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a run, by name (used by the Markdown and by ``--compare``)."""
+    out: dict[str, float] = {}
+    for step in result["frame_round_trip"]:
+        n = step["calls"]
+        for key in ("p50_ms", "p99_ms", "server_cpu_percent", "rss_per_call_kb"):
+            out[f"rtt[{n}].{key}"] = step[key]
+    if result.get("capacity") is not None:
+        out["capacity_calls"] = result["capacity"]
+    turn = result.get("turn_latency")
+    if turn:
+        for key in ("sent_ms", "heard_ms"):
+            for q in (50, 99):
+                value = _pct(turn[key], q)
+                if value is not None:
+                    out[f"turn.{key}.p{q}"] = value
+    barge = result.get("barge_in")
+    if barge and barge["reaction_ms"]:
+        out["barge_in.p50_ms"] = _pct(barge["reaction_ms"], 50) or 0.0
+    return out
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> None:
+    """A human summary of ``result``."""
+    lines = [
+        "# voice-engine benchmark",
+        "",
+        f"{result['config']['when']} · {result['machine']['cpu_model']} · "
+        f"server on CPU {result['config']['server_cpu']}, generator on CPU "
+        f"{result['config']['generator_cpu']} · media path: {result['config']['media_path']}",
+        "",
+        "## Frame round trip (echo), per 20 ms frame",
+        "",
+        "| calls | p50 ms | p95 ms | p99 ms | max ms | lost | late >20 ms | server CPU | "
+        "CPU s / call-min | RSS / call | generator CPU | generator late p99 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in result["frame_round_trip"]:
+        late = s["generator_lateness_p99_ms"]
+        lines.append(
+            f"| {s['calls']} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | "
+            f"{s['max_ms']:.1f} | {s['lost']} | {s['late']} | {s['server_cpu_percent']:.0f} % | "
+            f"{s['server_cpu_s_per_call_minute']:.2f} | {s['rss_per_call_kb']:.0f} KiB | "
+            f"{s['generator_cpu_percent']:.0f} % | "
+            f"{'–' if late is None else f'{late:.1f} ms'} |"
+        )
+    capacity = result.get("capacity")
+    lines += [
+        "",
+        f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost): "
+        f"{capacity if capacity is not None else 'none of the swept N'}",
+    ]
+    turn = result.get("turn_latency")
+    if turn and turn["sent_ms"]:
+        lines += [
+            "",
+            "## Turn latency (turn-echo, real speech)",
+            "",
+            "End of caller speech → first reply frame sent: "
+            f"p50 {_pct(turn['sent_ms'], 50):.0f} ms, "
+            f"max {max(turn['sent_ms']):.0f} ms; → first reply audio heard: p50 "
+            f"{_pct(turn['heard_ms'], 50):.0f} ms, max {max(turn['heard_ms']):.0f} ms "
+            f"(configured hangover {turn['hangover_ms']} ms; n = {len(turn['sent_ms'])}).",
+        ]
+    barge = result.get("barge_in")
+    if barge and barge["reaction_ms"]:
+        r = barge["reaction_ms"]
+        lines += [
+            "",
+            "## Barge-in",
+            "",
+            f"Caller speech onset → `clear` received: p50 {_pct(r, 50):.0f} ms, "
+            f"max {max(r):.0f} ms (n = {len(r)}).",
+        ]
+    lines += ["", f"Versions: {json.dumps(result['versions'])}", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
+    """Latency CDF per N; p99 and server CPU against N; RSS over time."""
+    made: list[Path] = []
+    steps = result["frame_round_trip"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in steps:
+        ax.plot(s["cdf_ms"], PERCENTILES, label=f"{s['calls']} calls")
+    ax.set_xscale("log")
+    ax.set_xlabel("frame round trip (ms, log)")
+    ax.set_ylabel("percentile")
+    ax.set_title("Frame round trip through echo")
+    ax.axvline(20, color="grey", linestyle=":")
+    ax.legend()
+    made.append(folder / "rtt_cdf.png")
+    fig.savefig(made[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    calls = [s["calls"] for s in steps]
+    ax.plot(calls, [s["p99_ms"] for s in steps], "o-", color="tab:red", label="p99 round trip")
+    ax.axhline(20, color="grey", linestyle=":")
+    ax.set_xlabel("concurrent calls")
+    ax.set_ylabel("p99 round trip (ms)")
+    ax.set_yscale("log")
+    cpu_ax = ax.twinx()
+    cpu_ax.plot(calls, [s["server_cpu_percent"] for s in steps], "s--", label="server CPU %")
+    cpu_ax.set_ylabel("server CPU (% of one core)")
+    ax.set_title("p99 and CPU against load")
+    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88))
+    made.append(folder / "p99_cpu.png")
+    fig.savefig(made[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    series = result.get("rss_series") or []
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot([t for t, _ in series], [r / 2**20 for _, r in series])
+        ax.set_xlabel("seconds into the long run")
+        ax.set_ylabel("server RSS (MiB)")
+        ax.set_title(f"RSS over a long run ({result.get('long_run_calls')} calls)")
+        made.append(folder / "rss.png")
+        fig.savefig(made[-1], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    return made
+
+
+def compare(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
+    """``name: new (old) ×ratio`` for every figure both runs have."""
+    a, b = figures(new), figures(old)
+    lines = []
+    for name in sorted(a.keys() & b.keys()):
+        ratio = a[name] / b[name] if b[name] else float("inf")
+        lines.append(f"{name:40s} {a[name]:10.2f}  (was {b[name]:.2f})  ×{ratio:.2f}")
+    return lines

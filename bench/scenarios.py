@@ -1,0 +1,225 @@
+"""The measurements: frame round trip at N calls, capacity, turn latency, barge-in reaction.
+
+Round trips come from :mod:`bench.loadgen` in its own process against an ``echo`` server;
+turn latency and barge-in from a full emulated call (:mod:`engine.testing`) with real speech
+against a ``turn-echo`` server, timed on the emulator's own clocks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from bench.procs import Server, cpu_seconds, rss_bytes, run_generator
+from engine.testing import open_inbound_call, speech_bounds
+
+__all__ = [
+    "BargeIn",
+    "RttStep",
+    "TurnLatency",
+    "barge_in",
+    "capacity",
+    "frame_round_trip",
+    "turn_latency",
+]
+
+LATE_MS = 20.0
+PERCENTILES = [float(p) for p in np.linspace(0, 100, 201)]
+
+
+@dataclass
+class RttStep:
+    """Frame round trip through ``echo`` at ``calls`` concurrent calls."""
+
+    calls: int
+    duration_s: float
+    frames_sent: int
+    lost: int
+    late: int
+    mismatched: int
+    failed_calls: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    cdf_ms: list[float]
+    """Round trip at percentiles 0, 0.5, …, 100."""
+    server_cpu_percent: float
+    server_cpu_s_per_call_minute: float
+    server_rss_mb: float
+    rss_per_call_kb: float
+    generator_cpu_percent: float
+    generator_lateness_p99_ms: float | None
+
+    @property
+    def healthy(self) -> bool:
+        """p99 under 20 ms, every frame back, every call up."""
+        return (
+            self.p99_ms < LATE_MS
+            and self.lost == 0
+            and self.mismatched == 0
+            and self.failed_calls == 0
+        )
+
+
+class _RssSampler:
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.every):
+            self.samples.append((time.monotonic() - start, rss_bytes(self.pid)))
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def frame_round_trip(
+    server: Server,
+    calls: int,
+    duration: float,
+    *,
+    generator_cpu: int | None,
+    audio: Path,
+    rss_series: list[tuple[float, int]] | None = None,
+) -> RttStep:
+    """One step of the sweep: ``calls`` echo calls for ``duration`` seconds."""
+    pid = server.process.pid
+    rss_before = rss_bytes(pid)
+    cpu_before = cpu_seconds(pid)
+    started = time.monotonic()
+    with _RssSampler(pid) as sampler:
+        result = run_generator(server, calls, duration, cpu=generator_cpu, audio=audio)
+    wall = time.monotonic() - started
+    server_cpu = cpu_seconds(pid) - cpu_before
+    if rss_series is not None:
+        rss_series.extend(sampler.samples)
+    rss_peak = max([rss for _, rss in sampler.samples] or [rss_bytes(pid)])
+    rtt = np.asarray(result["rtt_ms"], dtype=float)
+    if not len(rtt):
+        rtt = np.asarray([float("nan")])
+    call_minutes = calls * duration / 60
+    return RttStep(
+        calls=calls,
+        duration_s=duration,
+        frames_sent=int(result["frames_sent"]),  # type: ignore[call-overload]
+        lost=int(result["lost"]),  # type: ignore[call-overload]
+        late=int((rtt > LATE_MS).sum()),
+        mismatched=int(result["mismatched"]),  # type: ignore[call-overload]
+        failed_calls=int(result["failed_calls"]),  # type: ignore[call-overload]
+        p50_ms=float(np.percentile(rtt, 50)),
+        p95_ms=float(np.percentile(rtt, 95)),
+        p99_ms=float(np.percentile(rtt, 99)),
+        max_ms=float(rtt.max()),
+        cdf_ms=[round(float(v), 3) for v in np.percentile(rtt, PERCENTILES)],
+        server_cpu_percent=100 * server_cpu / wall,
+        server_cpu_s_per_call_minute=server_cpu / call_minutes,
+        server_rss_mb=rss_peak / 2**20,
+        rss_per_call_kb=max(0, rss_peak - rss_before) / calls / 1024,
+        generator_cpu_percent=100 * float(result["cpu_s"]) / wall,  # type: ignore[arg-type]
+        generator_lateness_p99_ms=result["send_lateness_p99_ms"],  # type: ignore[arg-type]
+    )
+
+
+def capacity(steps: list[RttStep]) -> int | None:
+    """The largest swept N whose step is healthy (p99 < 20 ms, nothing lost)."""
+    healthy = [step.calls for step in steps if step.healthy]
+    return max(healthy) if healthy else None
+
+
+@dataclass
+class TurnLatency:
+    """End of caller speech → first reply frame received, and → first reply audio heard (ms)."""
+
+    sent_ms: list[float]
+    heard_ms: list[float]
+    hangover_ms: int
+
+
+@dataclass
+class BargeIn:
+    """Caller speech onset → ``clear`` received (ms), per trial."""
+
+    reaction_ms: list[float]
+
+
+async def _turns(url: str, token: str, clips: list[bytes]) -> TurnLatency:
+    sent: list[float] = []
+    heard: list[float] = []
+    async with open_inbound_call(url, token) as call:
+        record = call.record
+        await call.pause(0.4)
+        for clip in clips:
+            spoke_at = record.frames_sent * 20
+            await call.say(clip)
+            end = spoke_at + speech_bounds(clip)[1]
+            reply_wait = len(clip) / 8000 + 2.0
+            await call.pause(reply_wait)
+            arrivals = [(t - record.t0) * 1000 for t, _ in record.received]
+            first = next((a for a in arrivals if a >= end), None)
+            tick = next((i for i in range(end // 20, len(record.played)) if record.played[i]), None)
+            if first is not None and tick is not None:
+                sent.append(first - end)
+                heard.append(tick * 20 - end)
+    return TurnLatency(sent, heard, 0)
+
+
+async def _barge_ins(
+    url: str, token: str, long_clip: bytes, short_clip: bytes, trials: int
+) -> BargeIn:
+    reactions: list[float] = []
+    onset_offset = speech_bounds(short_clip)[0]
+    for _ in range(trials):
+        async with open_inbound_call(url, token) as call:
+            record = call.record
+            await call.pause(0.3)
+            await call.say(long_clip)
+            with trio.move_on_after(len(long_clip) / 8000 + 3):
+                while sum(record.played) < 25:  # half a second of the reply heard
+                    await trio.sleep(0.02)
+            clears_before = len(record.clears)
+            start = record.frames_sent * 20
+            await call.say(short_clip)
+            await call.pause(0.5)
+            if len(record.clears) > clears_before:
+                clear_at = (record.clears[clears_before][0] - record.t0) * 1000
+                reactions.append(clear_at - (start + onset_offset))
+    return BargeIn(reactions)
+
+
+def turn_latency(server: Server, clips: list[bytes], hangover_ms: int) -> TurnLatency:
+    """Turn latency over ``clips`` spoken in one call to a ``turn-echo`` server."""
+    result = trio.run(_turns, server.url, server.auth_token, clips)
+    result.hangover_ms = hangover_ms
+    return result
+
+
+def barge_in(server: Server, long_clip: bytes, short_clip: bytes, trials: int) -> BargeIn:
+    """Barge-in reaction: speak ``short_clip`` over the echo of ``long_clip``."""
+    return trio.run(_barge_ins, server.url, server.auth_token, long_clip, short_clip, trials)
+
+
+def as_dict(value: Any) -> Any:
+    """A dataclass (or list of them) as plain data for JSON."""
+    if isinstance(value, list):
+        return [as_dict(v) for v in value]
+    return asdict(value)
+
+
+ProgressFn = Callable[[str], None]
