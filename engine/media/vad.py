@@ -9,7 +9,9 @@ keeps a cough or a click from starting a turn and a short pause from ending one.
 Defaults (see :class:`TurnConfig`): speech starts when 60 ms of the last 100 ms are voiced; a turn
 ends after 500 ms of silence; an utterance keeps 200 ms of audio from before the first voiced
 frame (so the first syllable survives) and 60 ms after the last; an utterance longer than 30 s
-is cut into turns so memory stays bounded.
+is cut into turns so memory stays bounded. Within a turn, a frame WebRTC calls voiced but that
+lies 20 dB below the turn's speech level counts as silence (``tail_db``), so the hangover runs
+from the real end of speech rather than from the end of WebRTC's own smoothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ TurnEvent = SpeechStarted | Utterance | SpeechEnded
 
 FRAME_MS = 20
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+_FLOOR_POWER = 100.0**2  # about −50 dBFS: below it nothing is speech
 _NO_EVENTS: tuple[TurnEvent, ...] = ()
 
 
@@ -48,6 +51,9 @@ class TurnConfig:
     post_roll_ms: int = 60
     """Audio kept after the last voiced frame."""
     max_utterance_ms: int = 30_000
+    tail_db: float = 20.0
+    """Voiced frames this far below the turn's speech level count as silence: WebRTC's VAD keeps
+    reporting speech for ~100–200 ms after it ends, which would otherwise add to every turn."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -91,6 +97,8 @@ class TurnDetector:
         self._silence_ms = 0
         self._pending = np.empty(0, dtype=np.int16)
         self._pending_ts = 0
+        self._level = 0.0  # running power of the turn's speech
+        self._tail_ratio = 10 ** (-config.tail_db / 10)
 
     @property
     def speaking(self) -> bool:
@@ -120,7 +128,7 @@ class TurnDetector:
                 return _NO_EVENTS
             return (self._begin(timestamp),)
         self._frames.append(pcm)
-        if voiced:
+        if voiced and self._loud(pcm):
             self._silence_ms = 0
             self._last_voiced_end = timestamp + FRAME_MS
         else:
@@ -132,6 +140,17 @@ class TurnDetector:
             return self._finish(timestamp + FRAME_MS)
         return _NO_EVENTS
 
+    def _loud(self, pcm: PCM) -> bool:
+        """Whether a voiced frame is real speech rather than WebRTC's tail after it."""
+        samples = pcm.astype(np.float32)
+        power = float(np.dot(samples, samples)) / max(1, len(samples))
+        if self._level == 0.0:
+            self._level = power
+        if power < max(_FLOOR_POWER, self._level * self._tail_ratio):
+            return False
+        self._level = 0.9 * self._level + 0.1 * power
+        return True
+
     def _begin(self, timestamp: int) -> SpeechStarted:
         recent = list(self._history)[-len(self._window) :]
         first_voiced = next(ts for (ts, _), v in zip(recent, self._window, strict=True) if v)
@@ -141,6 +160,7 @@ class TurnDetector:
         self._start = kept[0][0]
         self._frames = [pcm for _, pcm in kept]
         self._speaking = True
+        self._level = 0.0
         self._silence_ms = 0
         self._last_voiced_end = timestamp + FRAME_MS
         self._history.clear()

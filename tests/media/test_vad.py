@@ -75,13 +75,23 @@ def test_a_pause_longer_than_the_hangover_makes_two_turns() -> None:
 
 
 def test_hangover_is_configurable() -> None:
-    # WebRTC's VAD smooths its own decisions (~100–200 ms of "voiced" after speech), so a
-    # 600 ms pause is one turn at the default 500 ms hangover and two at 200 ms.
     a, b = spoken(sentences()[0]), spoken(sentences()[1])
-    audio = silence(400) + a + silence(600) + b + silence(1000)
+    audio = silence(400) + a + silence(400) + b + silence(1000)
     assert sum(isinstance(e, Utterance) for e in run(audio)) == 1
     short = run(audio, TurnConfig(hangover_ms=200, post_roll_ms=60))
     assert sum(isinstance(e, Utterance) for e in short) == 2
+
+
+def test_the_turn_ends_a_hangover_after_the_real_end_of_speech() -> None:
+    # WebRTC's VAD keeps saying "speech" for ~100–200 ms after it ends; the detector must not
+    # add that to the turn: it ends a hangover after the last frame with speech energy.
+    for text in sentences()[:5]:
+        audio = spoken(text)
+        end = SILENCE_MS + speech_end_ms(audio)
+        events = run(silence(SILENCE_MS) + audio + silence(1500))
+        ended = next(e for e in events if isinstance(e, SpeechEnded))
+        # SpeechEnded marks the end of speech; the decision came one hangover after it.
+        assert abs(ended.timestamp - end) <= 60, (text, ended.timestamp, end)
 
 
 def test_odd_chunk_sizes_give_the_same_turns() -> None:
