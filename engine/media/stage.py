@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
+import trio
 
 from engine.media.channels import FrameChannel
 from engine.media.codec import SAMPLE_RATE, resample, ulaw_encode
@@ -86,8 +87,15 @@ class CallContext:
         await self._playout.send(PlayAudio(ulaw_encode(pcm), label))
 
     async def play_ulaw(self, ulaw: bytes, *, label: str = "") -> None:
-        """Queue 8 kHz μ-law bytes for the caller as they are (no transcoding)."""
-        await self._playout.send(PlayAudio(ulaw, label))
+        """Queue 8 kHz μ-law bytes for the caller as they are (no transcoding).
+
+        On the per-frame path (echo, speech-to-speech) this skips the scheduler when playout
+        has room: it only waits — and so only checkpoints — when playout's queue is full.
+        """
+        try:
+            self._playout.send_nowait(PlayAudio(ulaw, label))
+        except trio.WouldBlock:
+            await self._playout.send(PlayAudio(ulaw, label))
 
     async def interrupt(self, reason: str = "interrupt") -> None:
         """Cut the bot's audio now, as the engine's barge-in does, whatever ``barge_in`` says.
