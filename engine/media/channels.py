@@ -30,6 +30,7 @@ class ChannelStatistics:
     max_buffer_size: int
     dropped: int
     sent: int
+    received: int
     tasks_waiting_send: int
     tasks_waiting_receive: int
     closed: bool
@@ -54,6 +55,7 @@ class FrameChannel(Generic[T]):
         self._receivers = trio.lowlevel.ParkingLot()
         self._dropped = 0
         self._sent = 0
+        self._received = 0
         self._closed = False
 
     def statistics(self) -> ChannelStatistics:
@@ -63,6 +65,7 @@ class FrameChannel(Generic[T]):
             max_buffer_size=self._max,
             dropped=self._dropped,
             sent=self._sent,
+            received=self._received,
             tasks_waiting_send=self._senders.statistics().tasks_waiting,
             tasks_waiting_receive=self._receivers.statistics().tasks_waiting,
             closed=self._closed,
@@ -118,6 +121,7 @@ class FrameChannel(Generic[T]):
         """Take the oldest item, or raise ``trio.WouldBlock`` (``EndOfChannel`` once closed)."""
         if self._items:
             item = self._items.popleft()
+            self._received += 1
             self._senders.unpark()
             return item
         if self._closed:

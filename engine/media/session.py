@@ -89,6 +89,9 @@ class SessionConfig:
     """Seconds allowed for the closing handshake."""
     stage_inbox_size: int = 50
     """Frames queued for the stage (1 s of audio); live audio beyond it drops oldest."""
+    stage_stall_timeout: float = 10.0
+    """A stage that takes nothing from a non-empty inbox for this long is hung: the call ends
+    (close 1011) rather than sitting there forever."""
     playout_inbox_size: int = 64
 
 
@@ -100,7 +103,7 @@ class CallOutcome:
     stream_sid: str | None
     reason: str
     """``stop``, ``hang-up``, ``peer-closed``, ``protocol-error``, ``stage-error``,
-    ``stage-finished``, ``rejected``, ``start-timeout`` or ``shutdown``."""
+    ``stage-stalled``, ``stage-finished``, ``rejected``, ``start-timeout`` or ``shutdown``."""
     close_code: int | None
     error: str | None
     media_frames: int
@@ -219,6 +222,7 @@ class CallSession:
         )
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_stage)
             nursery.start_soon(self._read, stage)
             nursery.start_soon(self._run_stage, stage, call)
             nursery.start_soon(
@@ -248,6 +252,21 @@ class CallSession:
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         else:
             await self._playout_inbox.send(HangUp("stage-finished"))
+
+    async def _watch_stage(self) -> None:
+        timeout = self.config.stage_stall_timeout
+        inbox = self._stage_inbox
+        taken, since = -1, trio.current_time()
+        while True:
+            await trio.sleep(min(1.0, timeout / 4))
+            stats = inbox.statistics()
+            now = trio.current_time()
+            if stats.received != taken or not stats.current_buffer_used:
+                taken, since = stats.received, now
+            elif now - since >= timeout:
+                log.warning("call %s: the stage took nothing for %.0f s", self.call_sid, timeout)
+                self.end("stage-stalled", CLOSE_INTERNAL_ERROR, "the stage stopped responding")
+                return
 
     async def _read(self, stage: Stage) -> None:
         parser = self._parser

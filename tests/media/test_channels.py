@@ -52,6 +52,7 @@ def test_initial_statistics() -> None:
         max_buffer_size=5,
         dropped=0,
         sent=0,
+        received=0,
         tasks_waiting_send=0,
         tasks_waiting_receive=0,
         closed=False,

@@ -21,7 +21,7 @@ from engine.testing import StreamRecord, open_inbound_call
 from pipelines.echo import Echo
 
 TOKEN = "test-auth-token"
-SESSION_TASKS = ("_read", "_run_stage", "run_playout")
+SESSION_TASKS = ("_read", "_run_stage", "run_playout", "_watch_stage")
 
 
 class FragileEcho(Echo):
@@ -95,7 +95,7 @@ async def test_killing_the_callers_socket_ends_every_task_of_the_call() -> None:
             assert sorted(session_tasks()) == sorted(
                 n for n in session_tasks() if n.endswith(SESSION_TASKS)
             )
-            assert len(session_tasks()) == 3
+            assert len(session_tasks()) == 4
             await call.abort()
             ended_at = trio.current_time()
             with trio.fail_after(1):
@@ -128,6 +128,49 @@ async def test_a_failing_stage_ends_only_its_own_call() -> None:
     assert len(records) == 5
     for record in records:
         assert record.close_code is None or record.close_code == 1000
+        assert_echoed_everything(record)
+
+
+class HungStage(Echo):
+    """A stage that stops taking frames (a model call that never returns)."""
+
+    async def run(self, call: CallContext) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_hung_stage_ends_only_its_own_call() -> None:
+    audio = spoken(sentences()[1])
+    records: list[StreamRecord] = []
+    hung_calls: list[str] = []
+    outcome: list[int | None] = []
+
+    def factory() -> Stage:
+        if len(hung_calls) < 1:
+            hung_calls.append("x")
+            return HungStage()
+        return Echo()
+
+    async with running_server(factory, stage_stall_timeout=1.0) as (_server, url):
+
+        async def healthy() -> None:
+            async with open_inbound_call(url, TOKEN) as call:
+                await call.say(audio)
+            records.append(call.record)
+
+        async def hang() -> None:
+            async with open_inbound_call(url, TOKEN) as hung:
+                with trio.fail_after(5):
+                    await hung.closed.wait()
+            outcome.append(hung.record.close_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang)
+            await trio.sleep(0.3)  # the hung call gets the first stage
+            for _ in range(5):
+                nursery.start_soon(healthy)
+    assert outcome == [1011]
+    assert len(records) == 5
+    for record in records:
         assert_echoed_everything(record)
 
 
