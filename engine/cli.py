@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="server + emulated Twilio call, no account needed")
     demo.add_argument(
-        "--pipeline", default="turn-echo", help="pipeline to demo (default turn-echo)"
+        "--pipeline", default="local", help="pipeline to demo (default local, the offline agent)"
     )
     demo.add_argument(
         "--say",

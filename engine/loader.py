@@ -13,6 +13,8 @@ BUNDLED = {
     "echo": "pipelines.echo:create",
     "turn-echo": "pipelines.turn_echo:create",
     "openai-realtime": "pipelines.openai_realtime:create",
+    "local": "pipelines.local:create",
+    "llm": "pipelines.llm:create",
 }
 """The pipelines that ship with the engine, by name."""
 

@@ -86,6 +86,11 @@ def test_demo_runs_a_call_end_to_end_with_no_account(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "caller said:" in result.stdout
     assert "turn latency:" in result.stdout
+    heard_line = next(
+        line for line in result.stdout.splitlines() if line.startswith("engine heard")
+    )
+    assert "table" in heard_line  # the offline agent transcribed the caller
+    assert any(line.startswith("engine reply") for line in result.stdout.splitlines())
     heard = next(line for line in result.stdout.splitlines() if line.startswith("caller heard:"))
     assert float(heard.split()[2]) > 1.0  # seconds of reply audio heard
 

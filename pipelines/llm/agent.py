@@ -1,0 +1,342 @@
+"""The ``llm`` pipeline's stage, :class:`LLMAgent`: it hears the caller, streams the model's
+answer, speaks it sentence by sentence, and keeps the conversation's history to what the caller
+heard. See :mod:`pipelines.llm` for how a call goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, TypeVarTuple
+
+import certifi
+import httpx
+import trio
+
+from engine.media.codec import SAMPLE_RATE
+from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
+from engine.media.stage import CallContext, Stage
+from pipelines.llm.chat import LLMConfig, LLMError, stream_chat
+from pipelines.llm.listen import _Listener, _Work
+from pipelines.llm.reply import Spoken, _Reply
+from pipelines.llm.text import SentenceSplitter, _has_words, speak_sentence, speakable
+from pipelines.local import APOLOGY, heavy_work_limiter
+from pipelines.stt import Recognizer
+
+__all__ = ["LLMAgent"]
+
+log = logging.getLogger("pipelines.llm")  # the package's logger, as before it was split
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every call's client: building one (loading the CA bundle) takes tens
+    of milliseconds, too long for the event loop and wasteful per call."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
+    return _SSL_CONTEXT
+
+
+async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+    return await trio.to_thread.run_sync(fn, *args, limiter=heavy_work_limiter())
+
+
+class LLMAgent(Stage):
+    """The LLM voice agent for one call. See the module documentation.
+
+    ``base_url``, ``model``, ``api_key``, ``system_prompt`` and ``tuning`` (the other
+    :class:`LLMConfig` fields) override the environment; ``config`` replaces it altogether.
+    Raises :class:`~engine.errors.ConfigError` when no base URL or model is configured.
+    ``recognizer`` makes the call's :class:`~pipelines.stt.Recognizer` (in a worker thread);
+    ``voice`` and ``words_per_minute`` go to eSpeak NG.
+    """
+
+    receives_audio = True
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        system_prompt: str | None = None,
+        config: LLMConfig | None = None,
+        recognizer: Callable[[], Recognizer] = Recognizer,
+        voice: str = "en-us",
+        words_per_minute: int = 165,
+        batch_ms: int = 160,
+        pre_roll_ms: int = 300,
+        **tuning: Any,
+    ) -> None:
+        """Configure the agent (nothing heavy happens here)."""
+        self.config = config or LLMConfig.from_env(
+            base_url=base_url, model=model, api_key=api_key, system_prompt=system_prompt, **tuning
+        )
+        self.history: list[dict[str, str]] = []
+        """The conversation: ``{"role": "user" | "assistant", "content": …}``, oldest first."""
+        self._listener = _Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
+        self._voice = voice
+        self._wpm = words_per_minute
+        self._client: httpx.AsyncClient | None = None
+        self._turns = 0
+        self._replies: dict[str, _Reply] = {}
+        self._latest: _Reply | None = None  # the last reply started
+        self._failed = False
+
+    async def run(self, call: CallContext) -> None:
+        """Converse until the call ends; on a failure, apologize and hang up."""
+        try:
+            verify = _SSL_CONTEXT
+            if verify is None:
+                verify = await trio.to_thread.run_sync(_ssl_context)
+            async with httpx.AsyncClient(verify=verify) as client:
+                self._client = client
+                await self._converse(call)
+        except Exception:
+            log.exception("call %s: the llm agent failed", call.call_sid)
+            self._failed = True
+        finally:
+            self._client = None
+        if self._failed:
+            await self._fail(call)
+
+    def request_messages(self) -> list[dict[str, str]]:
+        """The history as the next request carries it (without the system prompt): the latest
+        ``max_history`` messages, empty ones left out, consecutive same-role messages merged,
+        starting with a user message."""
+        merged: list[dict[str, str]] = []
+        for message in self.history:
+            content = message["content"].strip()
+            if not content:
+                continue
+            if merged and merged[-1]["role"] == message["role"]:
+                merged[-1] = {
+                    "role": message["role"],
+                    "content": merged[-1]["content"] + " " + content,
+                }
+            else:
+                merged.append({"role": message["role"], "content": content})
+        recent = merged[-self.config.max_history :]
+        while recent and recent[0]["role"] != "user":
+            recent.pop(0)
+        return recent
+
+    async def _guarded(
+        self,
+        call: CallContext,
+        nursery: trio.Nursery,
+        fn: Callable[[*_Ts], Awaitable[None]],
+        *args: *_Ts,
+    ) -> None:
+        """Run a task of the call; a failure stops the conversation (no exception groups)."""
+        try:
+            await fn(*args)
+        except Exception as exc:
+            if isinstance(exc, LLMError):
+                log.error("call %s: %s", call.call_sid, exc)
+            else:
+                log.exception("call %s: the llm agent failed", call.call_sid)
+            self._failed = True
+            nursery.cancel_scope.cancel()
+
+    # -- listening ---------------------------------------------------------------------------------
+
+    async def _converse(self, call: CallContext) -> None:
+        to_listener, work = trio.open_memory_channel[_Work](float("inf"))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
+                async with to_listener:
+                    async for frame in call:
+                        match frame:
+                            case Audio():
+                                self._listener.on_audio(frame, to_listener)
+                            case SpeechStarted():
+                                self._listener.on_speech_started(frame)
+                                await self._stop_reply(call)
+                            case Utterance():
+                                self._listener.on_end_of_turn(to_listener)
+                            case Interrupted():
+                                self._on_interrupted(call, frame)
+                            case PlaybackDone():
+                                self._on_playback_done(call, frame)
+                nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
+        finally:
+            recognizer, self._listener.recognizer = self._listener.recognizer, None
+            if recognizer is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(recognizer.close)
+
+    async def _listen(
+        self, call: CallContext, work: trio.MemoryReceiveChannel[_Work], nursery: trio.Nursery
+    ) -> None:
+        async with work:
+            async for first in work:
+                items = [first]
+                while True:  # merge whatever queued up while the last batch was decoded
+                    try:
+                        items.append(work.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                for text, ended_at in await _in_thread(self._listener.recognize, items):
+                    self._start_reply(call, text, ended_at, nursery)
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def _start_reply(
+        self, call: CallContext, heard: str, ended_at: float, nursery: trio.Nursery
+    ) -> None:
+        log.info("call %s: heard %s", call.call_sid, _quote(heard))
+        if not heard.strip():
+            return  # noise, or nothing the recognizer could make out: no reply
+        if self._latest is not None:
+            self._latest.scope.cancel()  # a newer turn supersedes a reply still being made
+        self.history.append({"role": "user", "content": heard})
+        messages = self.request_messages()
+        self._turns += 1
+        reply = _Reply(f"reply-{self._turns}", {"role": "assistant", "content": ""})
+        self.history.append(reply.message)
+        self._replies[reply.label] = self._latest = reply
+        nursery.start_soon(
+            self._guarded, call, nursery, self._reply, call, reply, messages, ended_at
+        )
+
+    async def _reply(
+        self, call: CallContext, reply: _Reply, messages: list[dict[str, str]], ended_at: float
+    ) -> None:
+        assert self._client is not None
+        splitter = SentenceSplitter()
+        first_token = True
+
+        async def on_text(delta: str) -> None:
+            nonlocal first_token
+            if first_token:
+                first_token = False
+                log.info(
+                    "call %s: %s first token %d ms after end of turn",
+                    call.call_sid,
+                    reply.label,
+                    (trio.current_time() - ended_at) * 1000,
+                )
+            for sentence in splitter.feed(delta):
+                await self._say(call, reply, sentence, ended_at)
+
+        with reply.scope:
+            try:
+                with trio.fail_after(self.config.reply_timeout):
+                    await stream_chat(self._client, self.config, messages, on_text)
+                    for sentence in splitter.flush():
+                        await self._say(call, reply, sentence, ended_at)
+                reply.complete = True
+            except trio.TooSlowError:
+                raise LLMError(
+                    f"the model's reply took longer than {self.config.reply_timeout:g} s"
+                ) from None
+            finally:
+                reply.producing = False
+                self._update(reply)
+                log.info(
+                    "call %s: %s %s%s",
+                    call.call_sid,
+                    reply.label,
+                    _quote(" ".join(s.text for s in reply.spoken)),
+                    "" if reply.complete else " (cut short)",
+                )
+
+    async def _say(self, call: CallContext, reply: _Reply, sentence: str, ended_at: float) -> None:
+        if not _has_words(speakable(sentence)):
+            return
+        pcm = await _in_thread(self._synthesize, sentence)
+        if not len(pcm):
+            return
+        # Count it as queued before the send: the frame loop may see a barge-in while play()
+        # yields after queueing, and must know this sentence is out there.
+        reply.spoken.append(Spoken(sentence, len(pcm) * 1000 / SAMPLE_RATE))
+        try:
+            await call.play(pcm, label=reply.label)
+        except BaseException:
+            reply.spoken.pop()  # a failed or cancelled send queued nothing
+            raise
+        if len(reply.spoken) == 1:
+            log.info(
+                "call %s: %s first audio queued %d ms after end of turn",
+                call.call_sid,
+                reply.label,
+                (trio.current_time() - ended_at) * 1000,
+            )
+        self._update(reply)
+
+    def _synthesize(self, sentence: str) -> PCM:
+        return speak_sentence(sentence, voice=self._voice, words_per_minute=self._wpm)
+
+    def _update(self, reply: _Reply) -> None:
+        reply.message["content"] = reply.text()
+        if not reply.producing and not reply.message["content"]:
+            # Cut before anything was queued: it said nothing, so it leaves no message.
+            self.history[:] = [m for m in self.history if m is not reply.message]
+
+    # -- barge-in ---------------------------------------------------------------------------------
+
+    async def _stop_reply(self, call: CallContext) -> None:
+        """The caller started talking: stop the latest reply if it is still being made (the new
+        turn supersedes it), and clear any of its audio queued after the engine's barge-in cut.
+
+        Playout handles this ``SpeechStarted`` before the stage sees it, so whatever the
+        ``interrupt`` finds queued is a sentence the reply task raced in after the cut; when
+        nothing is, it does nothing.
+        """
+        reply = self._latest
+        if reply is None:
+            return
+        reply.scope.cancel()
+        if reply.spoken:
+            await call.interrupt("caller speech")
+
+    def _on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+        reply = self._replies.get(event.label)
+        if reply is None or reply.heard_ms is not None:
+            return  # not a reply of ours, or already cut (a second clear of stray audio)
+        reply.heard_ms = reply.drained_ms + event.heard_ms
+        reply.scope.cancel()
+        self._update(reply)
+        log.info(
+            "call %s: %s interrupted after %d ms heard (%d ms dropped): %s",
+            call.call_sid,
+            event.label,
+            reply.heard_ms,
+            event.dropped_ms,
+            _quote(reply.message["content"]),
+        )
+
+    def _on_playback_done(self, call: CallContext, event: PlaybackDone) -> None:
+        reply = self._replies.get(event.label)
+        if reply is not None and reply.heard_ms is None:
+            reply.drained_ms += event.heard_ms
+        log.debug("call %s: %s played (%d ms)", call.call_sid, event.label, event.heard_ms)
+
+    # -- failing ----------------------------------------------------------------------------------
+
+    async def _fail(self, call: CallContext) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, call)  # keep taking frames: playout must deliver its own
+            with trio.move_on_after(10):
+                try:
+                    pcm = await _in_thread(self._synthesize, APOLOGY)
+                    await call.play(pcm, label="apology")
+                except Exception:
+                    log.exception("call %s: could not apologize", call.call_sid)
+            await call.hang_up("llm-error")
+
+
+async def _drain(call: CallContext) -> None:
+    async for _ in call:
+        pass
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', "'") + '"'

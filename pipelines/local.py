@@ -1,0 +1,415 @@
+"""``local``: the offline voice agent — PocketSphinx hears, a :class:`Responder` answers, eSpeak NG
+speaks. No network, no keys: ``voice-engine serve --pipeline pipelines.local:create``.
+
+Per call::
+
+    Audio ─▶ ring (300 ms pre-roll) ─SpeechStarted─▶ batches of 160 ms ─▶ Recognizer (thread)
+    Utterance ─▶ finish (thread) ─▶ heard "…" ─▶ Responder pieces (thread)
+                 ─▶ TTS per clause (thread) ─▶ resample 8 kHz (thread) ─▶ call.play("reply-N")
+
+- Recognition streams while the caller talks: audio is only fed between ``SpeechStarted`` and the
+  ``Utterance`` that ends the turn (with the last ~300 ms before the onset, so the first syllable
+  is not lost), in batches — one worker-thread hop per ~160 ms, and pending batches are merged
+  when the recognizer falls behind. Partial hypotheses are logged at DEBUG.
+- At the end of the turn the final transcript goes to the responder; each piece of its reply is
+  synthesized clause by clause and played as soon as it exists, so the first audio leaves before
+  the rest of the reply is made. Barge-in (:class:`~engine.media.frames.Interrupted`) stops the
+  production of that reply; a newer turn supersedes an older reply still being made.
+- Every heavy step (decoding, TTS, resampling, the responder) runs in a worker thread under one
+  process-wide :func:`heavy_work_limiter`. PocketSphinx holds the GIL while it decodes, which
+  :class:`~pipelines.stt.Recognizer` bounds by decoding in 40 ms slices.
+- Logged at INFO for each turn: ``call <sid>: heard "<transcript>"``, ``call <sid>: reply
+  "<text>"``, and the turn latency (end of turn → first reply audio queued).
+- If recognition, the responder or TTS fails, the caller hears a short apology and the agent hangs
+  up (close 1000); only that call is affected.
+
+Capacity: decoding costs ~0.2 s of CPU per second of speech and PocketSphinx holds the GIL while
+it runs, so all calls of one server process share one core for recognition. On a 2-core machine,
+with warm decoders, up to three callers talking at once hear a reply ~0.6 s after they stop
+(of which the agent's own share is ~0.1–0.15 s, the rest is the end-of-turn hangover and
+playout); with four the reply slips to ~0.75–1 s. More needs recognition in worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar, TypeVarTuple
+
+import numpy as np
+import trio
+
+from engine.media.codec import SAMPLE_RATE, resample
+from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
+from engine.media.stage import CallContext, Stage
+from engine.tts import synthesize, synthesize_chunks
+from pipelines.responder import Responder, RuleResponder
+from pipelines.stt import Recognizer, preload
+
+__all__ = ["APOLOGY", "PRELOADED_DECODERS", "LocalAgent", "create", "heavy_work_limiter"]
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, something went wrong. Goodbye."
+"""What the caller hears when the agent fails, before it hangs up."""
+
+PRELOADED_DECODERS = 2
+"""Speech decoders built at server start (~0.35 s each; a call that finds none idle builds one,
+holding the GIL meanwhile)."""
+
+FRAME_MS = 20
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "pipelines.local.heavy_work_limiter"
+)
+
+
+def heavy_work_limiter() -> trio.CapacityLimiter:
+    """The limiter shared by every call's heavy worker-thread jobs (one per trio run).
+
+    Its size is the number of CPUs (at least 2): more threads than cores would only queue on the
+    CPU, and on the GIL that PocketSphinx holds while decoding.
+    """
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        _LIMITER.set(limiter)
+        return limiter
+
+
+async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+    return await trio.to_thread.run_sync(fn, *args, limiter=heavy_work_limiter())
+
+
+@dataclass(frozen=True, slots=True)
+class _Feed:
+    """Caller audio for the recognizer; ``begin`` starts a turn."""
+
+    pcm: PCM
+    begin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfTurn:
+    """The turn ended (``Utterance`` arrived at ``at``, trio time)."""
+
+    at: float
+
+
+_Work = _Feed | _EndOfTurn
+
+
+def _next_audio(chunks: Iterator[tuple[PCM, int]]) -> PCM | None:
+    """Synthesize the next clause and bring it to 8 kHz (in a worker thread)."""
+    item = next(chunks, None)
+    if item is None:
+        return None
+    pcm, rate = item
+    return resample(pcm, rate, SAMPLE_RATE)
+
+
+def _next_piece(pieces: Iterator[str]) -> str | None:
+    return next(pieces, None)
+
+
+def _speak(text: str) -> PCM:
+    pcm, rate = synthesize(text)
+    return resample(pcm, rate, SAMPLE_RATE)
+
+
+class LocalAgent(Stage):
+    """The offline voice agent for one call. See the module documentation.
+
+    ``responder`` makes the replies (default :class:`~pipelines.responder.RuleResponder`);
+    ``recognizer`` makes the call's :class:`~pipelines.stt.Recognizer` (called once, in a worker
+    thread); ``voice`` and ``words_per_minute`` go to eSpeak NG.
+    """
+
+    receives_audio = True
+
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        recognizer: Callable[[], Recognizer] = Recognizer,
+        voice: str = "en-us",
+        words_per_minute: int = 165,
+        batch_ms: int = 160,
+        pre_roll_ms: int = 300,
+    ) -> None:
+        """Configure the agent (nothing heavy happens here)."""
+        self.responder: Responder = responder if responder is not None else RuleResponder()
+        self.history: list[tuple[str, str]] = []
+        """The call so far: ``(heard, said)`` per answered turn."""
+        self._make_recognizer = recognizer
+        self._voice = voice
+        self._wpm = words_per_minute
+        self._batch_frames = max(1, batch_ms // FRAME_MS)
+        self._pre_roll_ms = pre_roll_ms
+        # The detector decides up to ~200 ms after the onset; keep pre-roll before that.
+        self._ring: deque[Audio] = deque(maxlen=(pre_roll_ms + 200) // FRAME_MS + 1)
+        self._batch: list[PCM] = []
+        self._speaking = False
+        self._begin_next = False
+        self._recognizer: Recognizer | None = None
+        self._turns = 0
+        self._reply_scope: trio.CancelScope | None = None
+        self._reply_label = ""
+        self._failed = False
+
+    async def run(self, call: CallContext) -> None:
+        """Converse until the call ends; on a failure, apologize and hang up."""
+        try:
+            await self._converse(call)
+        except Exception:
+            log.exception("call %s: the local agent failed", call.call_sid)
+            self._failed = True
+        if self._failed:
+            await self._fail(call)
+
+    async def _guarded(
+        self,
+        call: CallContext,
+        nursery: trio.Nursery,
+        fn: Callable[[*_Ts], Awaitable[None]],
+        *args: *_Ts,
+    ) -> None:
+        """Run a task of the call; a failure stops the conversation (no exception groups)."""
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("call %s: the local agent failed", call.call_sid)
+            self._failed = True
+            nursery.cancel_scope.cancel()
+
+    # -- listening ------------------------------------------------------------------------------
+
+    async def _converse(self, call: CallContext) -> None:
+        to_listener, work = trio.open_memory_channel[_Work](float("inf"))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
+                async with to_listener:
+                    async for frame in call:
+                        match frame:
+                            case Audio():
+                                self._on_audio(frame, to_listener)
+                            case SpeechStarted():
+                                self._on_speech_started(frame)
+                            case Utterance():
+                                self._on_end_of_turn(to_listener)
+                            case Interrupted():
+                                self._on_interrupted(call, frame)
+                            case PlaybackDone():
+                                log.info(
+                                    "call %s: %s played (%d ms)",
+                                    call.call_sid,
+                                    frame.label,
+                                    frame.heard_ms,
+                                )
+                nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
+        finally:
+            recognizer, self._recognizer = self._recognizer, None
+            if recognizer is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(recognizer.close)
+
+    def _on_audio(self, frame: Audio, to_listener: trio.MemorySendChannel[_Work]) -> None:
+        if not self._speaking:
+            self._ring.append(frame)
+            return
+        self._batch.append(frame.pcm)
+        if len(self._batch) >= self._batch_frames:
+            self._send_batch(to_listener)
+
+    def _on_speech_started(self, event: SpeechStarted) -> None:
+        onset = event.timestamp - self._pre_roll_ms
+        self._batch = [frame.pcm for frame in self._ring if frame.timestamp >= onset]
+        self._ring.clear()
+        self._speaking = True
+        self._begin_next = True
+
+    def _on_end_of_turn(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
+        if not self._speaking:
+            return
+        self._send_batch(to_listener)
+        self._speaking = False
+        to_listener.send_nowait(_EndOfTurn(trio.current_time()))
+
+    def _send_batch(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
+        if not self._batch and not self._begin_next:
+            return
+        pcm = np.concatenate(self._batch) if self._batch else np.empty(0, dtype=np.int16)
+        to_listener.send_nowait(_Feed(pcm, begin=self._begin_next))
+        self._batch = []
+        self._begin_next = False
+
+    async def _listen(
+        self,
+        call: CallContext,
+        work: trio.MemoryReceiveChannel[_Work],
+        nursery: trio.Nursery,
+    ) -> None:
+        async with work:
+            async for first in work:
+                items = [first]
+                while True:  # merge whatever queued up while the last batch was decoded
+                    try:
+                        items.append(work.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                started = trio.current_time()
+                finals = await _in_thread(self._recognize, call.call_sid, items)
+                for text, ended_at in finals:
+                    log.info("call %s: heard %s", call.call_sid, _quote(text))
+                    log.debug(
+                        "call %s: final transcript %d ms after end of turn (last batch %d ms)",
+                        call.call_sid,
+                        (trio.current_time() - ended_at) * 1000,
+                        (trio.current_time() - started) * 1000,
+                    )
+                    self._start_reply(call, text, ended_at, nursery)
+
+    def _recognize(self, call_sid: str, items: list[_Work]) -> list[tuple[str, float]]:
+        """Run queued recognition work in order (in a worker thread); return final transcripts."""
+        if self._recognizer is None:
+            self._recognizer = self._make_recognizer()
+        recognizer = self._recognizer
+        finals: list[tuple[str, float]] = []
+        pending: list[PCM] = []
+
+        def flush() -> None:
+            if pending:
+                partial = recognizer.feed(np.concatenate(pending))
+                pending.clear()
+                if partial is not None:
+                    log.debug("call %s: partial %s", call_sid, _quote(partial))
+
+        for item in items:
+            if isinstance(item, _Feed):
+                if item.begin:
+                    flush()
+                    recognizer.begin()
+                pending.append(item.pcm)
+            else:
+                flush()
+                finals.append((recognizer.finish(), item.at))
+        flush()
+        return finals
+
+    # -- answering ------------------------------------------------------------------------------
+
+    def _start_reply(
+        self, call: CallContext, heard: str, ended_at: float, nursery: trio.Nursery
+    ) -> None:
+        if self._reply_scope is not None:
+            self._reply_scope.cancel()  # a newer turn supersedes a reply still being made
+        self._turns += 1
+        label = f"reply-{self._turns}"
+        scope = trio.CancelScope()
+        self._reply_scope, self._reply_label = scope, label
+        nursery.start_soon(
+            self._guarded, call, nursery, self._reply, call, heard, label, ended_at, scope
+        )
+
+    def _on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+        log.info(
+            "call %s: %s interrupted after %d ms heard (%d ms dropped)",
+            call.call_sid,
+            event.label,
+            event.heard_ms,
+            event.dropped_ms,
+        )
+        if event.label == self._reply_label and self._reply_scope is not None:
+            self._reply_scope.cancel()
+
+    async def _reply(
+        self,
+        call: CallContext,
+        heard: str,
+        label: str,
+        ended_at: float,
+        scope: trio.CancelScope,
+    ) -> None:
+        said: list[str] = []
+        pieces: Iterator[str] | None = None
+        with scope:
+            try:
+                pieces = await _in_thread(self._respond, heard, tuple(self.history))
+                first_audio = True
+                while (piece := await _in_thread(_next_piece, pieces)) is not None:
+                    await trio.lowlevel.checkpoint_if_cancelled()  # cut short while it was made
+                    said.append(piece)
+                    chunks = synthesize_chunks(piece, voice=self._voice, words_per_minute=self._wpm)
+                    while (pcm := await _in_thread(_next_audio, chunks)) is not None:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        if first_audio:
+                            first_audio = False
+                            log.info(
+                                "call %s: %s first audio %d ms after end of turn",
+                                call.call_sid,
+                                label,
+                                (trio.current_time() - ended_at) * 1000,
+                            )
+                        await call.play(pcm, label=label)
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()
+                text = " ".join(said)
+                suffix = "" if not scope.cancel_called else " (cut short)"
+                log.info("call %s: reply %s%s", call.call_sid, _quote(text), suffix)
+                self.history.append((heard, text))
+        if self._reply_scope is scope:
+            self._reply_scope = None
+
+    def _respond(self, heard: str, history: tuple[tuple[str, str], ...]) -> Iterator[str]:
+        return iter(self.responder.respond(heard, history))
+
+    # -- failing --------------------------------------------------------------------------------
+
+    async def _fail(self, call: CallContext) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, call)  # playout must be able to deliver PlaybackDone
+            with trio.move_on_after(10):
+                try:
+                    await call.play(await _in_thread(_speak, APOLOGY), label="apology")
+                except Exception:
+                    log.exception("call %s: could not apologize", call.call_sid)
+            await call.hang_up("agent-error")
+
+
+async def _drain(call: CallContext) -> None:
+    async for _ in call:
+        pass
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', "'") + '"'
+
+
+_preloaded = False
+
+
+def create() -> Stage:
+    """The ``local`` pipeline's stage.
+
+    The first call outside a trio run (the server's start-up check of the pipeline) loads
+    :data:`PRELOADED_DECODERS` speech decoders and eSpeak NG, so the first callers do not wait
+    for them (later calls reuse the decoders of calls that ended).
+    """
+    global _preloaded
+    if not _preloaded:
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:  # not on an event loop: loading here blocks nothing
+            _preloaded = True
+            seconds = preload(PRELOADED_DECODERS)
+            synthesize("Hello.")
+            log.info("local agent: %d speech decoders ready (%.2f s)", PRELOADED_DECODERS, seconds)
+    return LocalAgent()
