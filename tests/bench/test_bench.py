@@ -86,8 +86,9 @@ def test_turn_latency_and_barge_in_are_measured_on_real_speech(tmp_path: Path) -
         reaction = barge_in(server, spoken(sentences()[0]) + clip, spoken(sentences()[1]), 1)
     finally:
         assert server.stop() == 0
-    # A reply cannot leave before the hangover has passed; and it does come.
-    assert len(turns.sent_ms) == 1 and turns.sent_ms[0] >= 500
+    # A reply comes, about one hangover after the end of speech (the detector's end of speech
+    # and this energy-threshold truth may differ by a frame or a few).
+    assert len(turns.sent_ms) == 1 and 400 <= turns.sent_ms[0] <= 1500
     assert turns.heard_ms[0] >= turns.sent_ms[0] - 20
     # The clear follows the onset of the caller's speech, within the detector's start window
     # plus transport (generous: this is a functional check, the bench reports the number).

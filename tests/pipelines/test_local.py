@@ -47,17 +47,6 @@ def spoken_reply(text: str) -> bytes:
     return ulaw_encode(np.concatenate(clauses))
 
 
-def similarity(reference: list[str], hypothesis: list[str]) -> float:
-    """1 − word error rate of ``hypothesis`` against ``reference``."""
-    row = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        diagonal, row[0] = row[0], i
-        for j, hyp_word in enumerate(hypothesis, 1):
-            substitution = diagonal + (ref_word != hyp_word)
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, substitution)
-    return 1 - row[-1] / max(1, len(reference))
-
-
 def envelope(ulaw: bytes) -> np.ndarray:
     """Level (dB) of each 20 ms frame."""
     x = ulaw_decode(ulaw).astype(np.float64)
@@ -68,12 +57,14 @@ def envelope(ulaw: bytes) -> np.ndarray:
 def envelope_match(heard: bytes, expected: bytes) -> float:
     """How well the level contour of ``expected`` matches ``heard`` from its first sound on.
 
-    eSpeak NG does not synthesize a text twice alike sample for sample, but its contour is
-    stable: the same text scores ≈ 1.0, other replies ≤ 0.85.
+    eSpeak NG does not synthesize a text twice alike sample for sample, but its contour above
+    the quiet parts (floored at 40 dB) is stable: the same text scores 0.92–1.0, a reply that
+    differs in a few words ~0.3.
     """
     h, e = envelope(heard), envelope(expected)
     voiced = np.nonzero(h > 30)[0]
     start = int(voiced[0]) if len(voiced) else 0
+    h, e = np.maximum(h, 40), np.maximum(e, 40)
     best = -1.0
     for s in range(max(0, start - 5), start + 6):
         if s + len(e) <= len(h):
@@ -116,14 +107,13 @@ async def test_a_caller_asking_for_a_table_hears_a_spoken_booking_answer(serve) 
     # The booking was understood ("table" is heard only some of the time: WER ~0.7) …
     assert len(heard) == 1 and "book" in heard[0].split(), log
     assert len(replies) == 1 and "I can book" in replies[0], log
-    # … and what the caller heard is that reply: recognized, it reads like the same reply spoken
-    # afresh, and it carries the answer's words.
-    heard_reply = await trio.to_thread.run_sync(
-        transcribe, bytes(record.heard[first // 20 * FRAME_BYTES :])
-    )
-    reference = await trio.to_thread.run_sync(transcribe, spoken_reply(replies[0]))
-    print(f"the reply as the caller heard it, recognized: {heard_reply!r} (afresh: {reference!r})")
-    assert similarity(reference.split(), heard_reply.split()) >= 0.4  # other replies: ≤ 0.2
+    # … and what the caller heard is that reply: its level contour is the reply's, spoken afresh
+    # (eSpeak NG never says a text twice alike sample for sample), and recognized again it
+    # carries the answer's words.
+    reply_audio = bytes(record.heard[first // 20 * FRAME_BYTES :])
+    assert envelope_match(reply_audio, spoken_reply(replies[0])) > 0.8
+    heard_reply = await trio.to_thread.run_sync(transcribe, reply_audio)
+    print(f"the reply as the caller heard it, recognized: {heard_reply!r}")
     assert {"book", "people", "table", "time"} & set(heard_reply.split()), heard_reply
     assert "Traceback" not in log
 
@@ -175,10 +165,10 @@ async def test_a_failing_responder_apologizes_and_hangs_up_while_other_calls_go_
     assert broken.closed_by_server and broken.close_code == 1000, broken
     apology = speak_ulaw(APOLOGY)  # as the agent says it: in one piece
     assert abs(broken.heard_ms() - len(apology) // 8) <= 400, broken.heard_ms()
-    assert envelope_match(bytes(broken.heard), apology) > 0.95
+    assert envelope_match(bytes(broken.heard), apology) > 0.8
     assert not healthy.closed_by_server and healthy.errors == []
     assert healthy.heard_ms() > 1000
-    assert envelope_match(bytes(healthy.heard), apology) < 0.95
+    assert envelope_match(bytes(healthy.heard), apology) < 0.8
     assert len(made[1].history) == 1
 
 
