@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar, TypeVarTuple
 
-import numpy as np
 import trio
 
 from engine.media.codec import SAMPLE_RATE, resample
 from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
 from engine.media.stage import CallContext, Stage
 from engine.tts import synthesize, synthesize_chunks
+from pipelines.listening import Listener, Work
 from pipelines.responder import Responder, RuleResponder
 from pipelines.stt import Recognizer, preload
 
@@ -84,24 +82,6 @@ def heavy_work_limiter() -> trio.CapacityLimiter:
 
 async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
     return await trio.to_thread.run_sync(fn, *args, limiter=heavy_work_limiter())
-
-
-@dataclass(frozen=True, slots=True)
-class _Feed:
-    """Caller audio for the recognizer; ``begin`` starts a turn."""
-
-    pcm: PCM
-    begin: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _EndOfTurn:
-    """The turn ended (``Utterance`` arrived at ``at``, trio time)."""
-
-    at: float
-
-
-_Work = _Feed | _EndOfTurn
 
 
 def _next_audio(chunks: Iterator[tuple[PCM, int]]) -> PCM | None:
@@ -146,17 +126,9 @@ class LocalAgent(Stage):
         self.responder: Responder = responder if responder is not None else RuleResponder()
         self.history: list[tuple[str, str]] = []
         """The call so far: ``(heard, said)`` per answered turn."""
-        self._make_recognizer = recognizer
+        self._listener = Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
         self._voice = voice
         self._wpm = words_per_minute
-        self._batch_frames = max(1, batch_ms // FRAME_MS)
-        self._pre_roll_ms = pre_roll_ms
-        # The detector decides up to ~200 ms after the onset; keep pre-roll before that.
-        self._ring: deque[Audio] = deque(maxlen=(pre_roll_ms + 200) // FRAME_MS + 1)
-        self._batch: list[PCM] = []
-        self._speaking = False
-        self._begin_next = False
-        self._recognizer: Recognizer | None = None
         self._turns = 0
         self._reply_scope: trio.CancelScope | None = None
         self._reply_label = ""
@@ -190,7 +162,7 @@ class LocalAgent(Stage):
     # -- listening ------------------------------------------------------------------------------
 
     async def _converse(self, call: CallContext) -> None:
-        to_listener, work = trio.open_memory_channel[_Work](float("inf"))
+        to_listener, work = trio.open_memory_channel[Work](float("inf"))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
@@ -198,11 +170,11 @@ class LocalAgent(Stage):
                     async for frame in call:
                         match frame:
                             case Audio():
-                                self._on_audio(frame, to_listener)
+                                self._listener.on_audio(frame, to_listener)
                             case SpeechStarted():
-                                self._on_speech_started(frame)
+                                self._listener.on_speech_started(frame)
                             case Utterance():
-                                self._on_end_of_turn(to_listener)
+                                self._listener.on_end_of_turn(to_listener)
                             case Interrupted():
                                 self._on_interrupted(call, frame)
                             case PlaybackDone():
@@ -214,45 +186,15 @@ class LocalAgent(Stage):
                                 )
                 nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
         finally:
-            recognizer, self._recognizer = self._recognizer, None
+            recognizer, self._listener.recognizer = self._listener.recognizer, None
             if recognizer is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(recognizer.close)
 
-    def _on_audio(self, frame: Audio, to_listener: trio.MemorySendChannel[_Work]) -> None:
-        if not self._speaking:
-            self._ring.append(frame)
-            return
-        self._batch.append(frame.pcm)
-        if len(self._batch) >= self._batch_frames:
-            self._send_batch(to_listener)
-
-    def _on_speech_started(self, event: SpeechStarted) -> None:
-        onset = event.timestamp - self._pre_roll_ms
-        self._batch = [frame.pcm for frame in self._ring if frame.timestamp >= onset]
-        self._ring.clear()
-        self._speaking = True
-        self._begin_next = True
-
-    def _on_end_of_turn(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
-        if not self._speaking:
-            return
-        self._send_batch(to_listener)
-        self._speaking = False
-        to_listener.send_nowait(_EndOfTurn(trio.current_time()))
-
-    def _send_batch(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
-        if not self._batch and not self._begin_next:
-            return
-        pcm = np.concatenate(self._batch) if self._batch else np.empty(0, dtype=np.int16)
-        to_listener.send_nowait(_Feed(pcm, begin=self._begin_next))
-        self._batch = []
-        self._begin_next = False
-
     async def _listen(
         self,
         call: CallContext,
-        work: trio.MemoryReceiveChannel[_Work],
+        work: trio.MemoryReceiveChannel[Work],
         nursery: trio.Nursery,
     ) -> None:
         async with work:
@@ -264,7 +206,7 @@ class LocalAgent(Stage):
                     except trio.WouldBlock:
                         break
                 started = trio.current_time()
-                finals = await _in_thread(self._recognize, call.call_sid, items)
+                finals = await _in_thread(self._listener.recognize, items, call.call_sid)
                 for text, ended_at in finals:
                     log.info("call %s: heard %s", call.call_sid, _quote(text))
                     log.debug(
@@ -274,33 +216,6 @@ class LocalAgent(Stage):
                         (trio.current_time() - started) * 1000,
                     )
                     self._start_reply(call, text, ended_at, nursery)
-
-    def _recognize(self, call_sid: str, items: list[_Work]) -> list[tuple[str, float]]:
-        """Run queued recognition work in order (in a worker thread); return final transcripts."""
-        if self._recognizer is None:
-            self._recognizer = self._make_recognizer()
-        recognizer = self._recognizer
-        finals: list[tuple[str, float]] = []
-        pending: list[PCM] = []
-
-        def flush() -> None:
-            if pending:
-                partial = recognizer.feed(np.concatenate(pending))
-                pending.clear()
-                if partial is not None:
-                    log.debug("call %s: partial %s", call_sid, _quote(partial))
-
-        for item in items:
-            if isinstance(item, _Feed):
-                if item.begin:
-                    flush()
-                    recognizer.begin()
-                pending.append(item.pcm)
-            else:
-                flush()
-                finals.append((recognizer.finish(), item.at))
-        flush()
-        return finals
 
     # -- answering ------------------------------------------------------------------------------
 

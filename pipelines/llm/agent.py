@@ -17,8 +17,8 @@ import trio
 from engine.media.codec import SAMPLE_RATE
 from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
 from engine.media.stage import CallContext, Stage
+from pipelines.listening import Listener, Work
 from pipelines.llm.chat import LLMConfig, LLMError, stream_chat
-from pipelines.llm.listen import _Listener, _Work
 from pipelines.llm.reply import Spoken, _Reply
 from pipelines.llm.text import SentenceSplitter, _has_words, speak_sentence, speakable
 from pipelines.local import APOLOGY, heavy_work_limiter
@@ -79,7 +79,7 @@ class LLMAgent(Stage):
         )
         self.history: list[dict[str, str]] = []
         """The conversation: ``{"role": "user" | "assistant", "content": …}``, oldest first."""
-        self._listener = _Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
+        self._listener = Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
         self._voice = voice
         self._wpm = words_per_minute
         self._client: httpx.AsyncClient | None = None
@@ -147,7 +147,7 @@ class LLMAgent(Stage):
     # -- listening ---------------------------------------------------------------------------------
 
     async def _converse(self, call: CallContext) -> None:
-        to_listener, work = trio.open_memory_channel[_Work](float("inf"))
+        to_listener, work = trio.open_memory_channel[Work](float("inf"))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
@@ -173,7 +173,7 @@ class LLMAgent(Stage):
                     await trio.to_thread.run_sync(recognizer.close)
 
     async def _listen(
-        self, call: CallContext, work: trio.MemoryReceiveChannel[_Work], nursery: trio.Nursery
+        self, call: CallContext, work: trio.MemoryReceiveChannel[Work], nursery: trio.Nursery
     ) -> None:
         async with work:
             async for first in work:

@@ -1,13 +1,15 @@
-"""How the ``llm`` agent hears the caller, as :mod:`pipelines.local` does: audio goes to a
-:class:`~pipelines.stt.Recognizer` only between ``SpeechStarted`` (with a pre-roll before it)
-and the ``Utterance`` ending the turn, in batches, and the final hypothesis is the transcript.
+"""How the speech-to-text agents (``local``, ``llm``) hear the caller.
 
-The frame loop calls :class:`_Listener`'s ``on_*`` methods, which queue work for the agent's
-listening task; that task runs :meth:`_Listener.recognize` on the work in a worker thread.
+Audio goes to a :class:`~pipelines.stt.Recognizer` only between ``SpeechStarted`` (with a
+pre-roll from before it) and the ``Utterance`` that ends the turn, in batches, and the final
+hypothesis is the transcript. The frame loop calls :class:`Listener`'s ``on_*`` methods, which
+queue :data:`Work` for the agent's listening task; that task runs :meth:`Listener.recognize`
+on everything queued, in a worker thread.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,12 +18,19 @@ import numpy as np
 import trio
 
 from engine.media.frames import PCM, Audio, SpeechStarted
-from pipelines.llm.reply import FRAME_MS
 from pipelines.stt import Recognizer
+
+__all__ = ["EndOfTurn", "Feed", "Listener", "Work"]
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+DETECTION_DELAY_MS = 200
+"""The turn detector decides up to this long after the onset it reports."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Feed:
+class Feed:
     """Caller audio for the recognizer; ``begin`` starts a turn."""
 
     pcm: PCM
@@ -29,16 +38,17 @@ class _Feed:
 
 
 @dataclass(frozen=True, slots=True)
-class _EndOfTurn:
+class EndOfTurn:
     """The turn ended (its ``Utterance`` arrived at trio time ``at``)."""
 
     at: float
 
 
-_Work = _Feed | _EndOfTurn
+Work = Feed | EndOfTurn
+"""What the frame loop queues for the listening task."""
 
 
-class _Listener:
+class Listener:
     """The caller's side of one call: a pre-roll ring of audio, the batch being gathered while
     the caller speaks, and the call's recognizer (made on first use, in a worker thread)."""
 
@@ -49,14 +59,14 @@ class _Listener:
         self._make_recognizer = make_recognizer
         self._batch_frames = max(1, batch_ms // FRAME_MS)
         self._pre_roll_ms = pre_roll_ms
-        self._ring: deque[Audio] = deque(maxlen=max(1, pre_roll_ms // FRAME_MS))
+        self._ring: deque[Audio] = deque(maxlen=(pre_roll_ms + DETECTION_DELAY_MS) // FRAME_MS + 1)
         self._batch: list[PCM] = []
         self._speaking = False
         self._begin_next = False
         self.recognizer: Recognizer | None = None
         """The call's recognizer, once made; whoever ends the call closes it."""
 
-    def on_audio(self, frame: Audio, to_listener: trio.MemorySendChannel[_Work]) -> None:
+    def on_audio(self, frame: Audio, to_listener: trio.MemorySendChannel[Work]) -> None:
         """Keep ``frame`` for the pre-roll, or add it to the batch while the caller speaks."""
         if not self._speaking:
             self._ring.append(frame)
@@ -73,42 +83,46 @@ class _Listener:
         self._speaking = True
         self._begin_next = True
 
-    def on_end_of_turn(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
+    def on_end_of_turn(self, to_listener: trio.MemorySendChannel[Work]) -> None:
         """End the turn (an ``Utterance``): send the rest of its audio and the end of turn."""
         if not self._speaking:
             return
         self._send_batch(to_listener)
         self._speaking = False
-        to_listener.send_nowait(_EndOfTurn(trio.current_time()))
+        to_listener.send_nowait(EndOfTurn(trio.current_time()))
 
-    def _send_batch(self, to_listener: trio.MemorySendChannel[_Work]) -> None:
+    def _send_batch(self, to_listener: trio.MemorySendChannel[Work]) -> None:
         if not self._batch and not self._begin_next:
             return
         pcm = np.concatenate(self._batch) if self._batch else np.empty(0, dtype=np.int16)
-        to_listener.send_nowait(_Feed(pcm, begin=self._begin_next))
+        to_listener.send_nowait(Feed(pcm, begin=self._begin_next))
         self._batch = []
         self._begin_next = False
 
-    def recognize(self, items: list[_Work]) -> list[tuple[str, float]]:
-        """Run queued recognition work in order (in a worker thread); return final transcripts."""
+    def recognize(self, items: list[Work], call_sid: str = "") -> list[tuple[str, float]]:
+        """Run queued recognition work in order (in a worker thread); return the final
+        transcripts with the time their turn ended. Partials are logged at debug level."""
         if self.recognizer is None:
             self.recognizer = self._make_recognizer()
         recognizer = self.recognizer
         finals: list[tuple[str, float]] = []
         pending: list[PCM] = []
+
+        def flush() -> None:
+            if pending:
+                partial = recognizer.feed(np.concatenate(pending))
+                pending.clear()
+                if partial is not None:
+                    log.debug("call %s: partial %r", call_sid, partial)
+
         for item in items:
-            if isinstance(item, _Feed):
+            if isinstance(item, Feed):
                 if item.begin:
-                    if pending:
-                        recognizer.feed(np.concatenate(pending))
-                        pending.clear()
+                    flush()
                     recognizer.begin()
                 pending.append(item.pcm)
             else:
-                if pending:
-                    recognizer.feed(np.concatenate(pending))
-                    pending.clear()
+                flush()
                 finals.append((recognizer.finish(), item.at))
-        if pending:
-            recognizer.feed(np.concatenate(pending))
+        flush()
         return finals
