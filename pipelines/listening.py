@@ -3,8 +3,10 @@
 Audio goes to a :class:`~pipelines.stt.Recognizer` only between ``SpeechStarted`` (with a
 pre-roll from before it) and the ``Utterance`` that ends the turn, in batches, and the final
 hypothesis is the transcript. The frame loop calls :class:`Listener`'s ``on_*`` methods, which
-queue :data:`Work` for the agent's listening task; that task runs :meth:`Listener.recognize`
-on everything queued, in a worker thread.
+queue :data:`Work`; the agent's listening task takes everything queued with
+:meth:`Listener.next_work` and runs :meth:`Listener.recognize` on it in a worker thread. Audio
+queued while recognition is busy is merged into one :class:`Feed`, so the queue holds at most a
+few items per turn however far recognition falls behind.
 """
 
 from __future__ import annotations
@@ -64,16 +66,42 @@ class Listener:
         self._speaking = False
         self._begin_next = False
         self.recognizer: Recognizer | None = None
-        """The call's recognizer, once made; whoever ends the call closes it."""
+        """The call's recognizer, once made; :meth:`aclose` closes it."""
+        self._work: deque[Work] = deque()
+        self._queued = trio.Event()
 
-    def on_audio(self, frame: Audio, to_listener: trio.MemorySendChannel[Work]) -> None:
+    def _put(self, item: Work) -> None:
+        last = self._work[-1] if self._work else None
+        if isinstance(item, Feed) and not item.begin and isinstance(last, Feed):
+            self._work[-1] = Feed(np.concatenate((last.pcm, item.pcm)), last.begin)
+        else:
+            self._work.append(item)
+        self._queued.set()
+
+    async def next_work(self) -> list[Work]:
+        """Wait for queued work and take all of it, in order."""
+        while not self._work:
+            self._queued = trio.Event()
+            await self._queued.wait()
+        items = list(self._work)
+        self._work.clear()
+        return items
+
+    async def aclose(self) -> None:
+        """Close the call's recognizer (in a worker thread, even when cancelled)."""
+        recognizer, self.recognizer = self.recognizer, None
+        if recognizer is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(recognizer.close)
+
+    def on_audio(self, frame: Audio) -> None:
         """Keep ``frame`` for the pre-roll, or add it to the batch while the caller speaks."""
         if not self._speaking:
             self._ring.append(frame)
             return
         self._batch.append(frame.pcm)
         if len(self._batch) >= self._batch_frames:
-            self._send_batch(to_listener)
+            self._send_batch()
 
     def on_speech_started(self, event: SpeechStarted) -> None:
         """Start a turn with the pre-roll audio from just before ``event``."""
@@ -83,19 +111,19 @@ class Listener:
         self._speaking = True
         self._begin_next = True
 
-    def on_end_of_turn(self, to_listener: trio.MemorySendChannel[Work]) -> None:
-        """End the turn (an ``Utterance``): send the rest of its audio and the end of turn."""
+    def on_end_of_turn(self) -> None:
+        """End the turn (an ``Utterance``): queue the rest of its audio and the end of turn."""
         if not self._speaking:
             return
-        self._send_batch(to_listener)
+        self._send_batch()
         self._speaking = False
-        to_listener.send_nowait(EndOfTurn(trio.current_time()))
+        self._put(EndOfTurn(trio.current_time()))
 
-    def _send_batch(self, to_listener: trio.MemorySendChannel[Work]) -> None:
+    def _send_batch(self) -> None:
         if not self._batch and not self._begin_next:
             return
         pcm = np.concatenate(self._batch) if self._batch else np.empty(0, dtype=np.int16)
-        to_listener.send_nowait(Feed(pcm, begin=self._begin_next))
+        self._put(Feed(pcm, begin=self._begin_next))
         self._batch = []
         self._begin_next = False
 

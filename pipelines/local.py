@@ -43,7 +43,7 @@ from engine.media.codec import SAMPLE_RATE, resample
 from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
 from engine.media.stage import CallContext, Stage
 from engine.tts import synthesize, synthesize_chunks
-from pipelines.listening import Listener, Work
+from pipelines.listening import Listener
 from pipelines.responder import Responder, RuleResponder
 from pipelines.stt import Recognizer, preload
 
@@ -162,60 +162,44 @@ class LocalAgent(Stage):
     # -- listening ------------------------------------------------------------------------------
 
     async def _converse(self, call: CallContext) -> None:
-        to_listener, work = trio.open_memory_channel[Work](float("inf"))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
-                async with to_listener:
-                    async for frame in call:
-                        match frame:
-                            case Audio():
-                                self._listener.on_audio(frame, to_listener)
-                            case SpeechStarted():
-                                self._listener.on_speech_started(frame)
-                            case Utterance():
-                                self._listener.on_end_of_turn(to_listener)
-                            case Interrupted():
-                                self._on_interrupted(call, frame)
-                            case PlaybackDone():
-                                log.info(
-                                    "call %s: %s played (%d ms)",
-                                    call.call_sid,
-                                    frame.label,
-                                    frame.heard_ms,
-                                )
+                nursery.start_soon(self._guarded, call, nursery, self._listen, call, nursery)
+                async for frame in call:
+                    match frame:
+                        case Audio():
+                            self._listener.on_audio(frame)
+                        case SpeechStarted():
+                            self._listener.on_speech_started(frame)
+                        case Utterance():
+                            self._listener.on_end_of_turn()
+                        case Interrupted():
+                            self._on_interrupted(call, frame)
+                        case PlaybackDone():
+                            log.info(
+                                "call %s: %s played (%d ms)",
+                                call.call_sid,
+                                frame.label,
+                                frame.heard_ms,
+                            )
                 nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
         finally:
-            recognizer, self._listener.recognizer = self._listener.recognizer, None
-            if recognizer is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(recognizer.close)
+            await self._listener.aclose()
 
-    async def _listen(
-        self,
-        call: CallContext,
-        work: trio.MemoryReceiveChannel[Work],
-        nursery: trio.Nursery,
-    ) -> None:
-        async with work:
-            async for first in work:
-                items = [first]
-                while True:  # merge whatever queued up while the last batch was decoded
-                    try:
-                        items.append(work.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                started = trio.current_time()
-                finals = await _in_thread(self._listener.recognize, items, call.call_sid)
-                for text, ended_at in finals:
-                    log.info("call %s: heard %s", call.call_sid, _quote(text))
-                    log.debug(
-                        "call %s: final transcript %d ms after end of turn (last batch %d ms)",
-                        call.call_sid,
-                        (trio.current_time() - ended_at) * 1000,
-                        (trio.current_time() - started) * 1000,
-                    )
-                    self._start_reply(call, text, ended_at, nursery)
+    async def _listen(self, call: CallContext, nursery: trio.Nursery) -> None:
+        while True:
+            items = await self._listener.next_work()
+            started = trio.current_time()
+            finals = await _in_thread(self._listener.recognize, items, call.call_sid)
+            for text, ended_at in finals:
+                log.info("call %s: heard %s", call.call_sid, _quote(text))
+                log.debug(
+                    "call %s: final transcript %d ms after end of turn (last batch %d ms)",
+                    call.call_sid,
+                    (trio.current_time() - ended_at) * 1000,
+                    (trio.current_time() - started) * 1000,
+                )
+                self._start_reply(call, text, ended_at, nursery)
 
     # -- answering ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import trio
 from engine.media.codec import SAMPLE_RATE
 from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
 from engine.media.stage import CallContext, Stage
-from pipelines.listening import Listener, Work
+from pipelines.listening import Listener
 from pipelines.llm.chat import LLMConfig, LLMError, stream_chat
 from pipelines.llm.reply import Spoken, _Reply
 from pipelines.llm.text import SentenceSplitter, _has_words, speak_sentence, speakable
@@ -147,44 +147,31 @@ class LLMAgent(Stage):
     # -- listening ---------------------------------------------------------------------------------
 
     async def _converse(self, call: CallContext) -> None:
-        to_listener, work = trio.open_memory_channel[Work](float("inf"))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, call, nursery, self._listen, call, work, nursery)
-                async with to_listener:
-                    async for frame in call:
-                        match frame:
-                            case Audio():
-                                self._listener.on_audio(frame, to_listener)
-                            case SpeechStarted():
-                                self._listener.on_speech_started(frame)
-                                await self._stop_reply(call)
-                            case Utterance():
-                                self._listener.on_end_of_turn(to_listener)
-                            case Interrupted():
-                                self._on_interrupted(call, frame)
-                            case PlaybackDone():
-                                self._on_playback_done(call, frame)
+                nursery.start_soon(self._guarded, call, nursery, self._listen, call, nursery)
+                async for frame in call:
+                    match frame:
+                        case Audio():
+                            self._listener.on_audio(frame)
+                        case SpeechStarted():
+                            self._listener.on_speech_started(frame)
+                            await self._stop_reply(call)
+                        case Utterance():
+                            self._listener.on_end_of_turn()
+                        case Interrupted():
+                            self._on_interrupted(call, frame)
+                        case PlaybackDone():
+                            self._on_playback_done(call, frame)
                 nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
         finally:
-            recognizer, self._listener.recognizer = self._listener.recognizer, None
-            if recognizer is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(recognizer.close)
+            await self._listener.aclose()
 
-    async def _listen(
-        self, call: CallContext, work: trio.MemoryReceiveChannel[Work], nursery: trio.Nursery
-    ) -> None:
-        async with work:
-            async for first in work:
-                items = [first]
-                while True:  # merge whatever queued up while the last batch was decoded
-                    try:
-                        items.append(work.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                for text, ended_at in await _in_thread(self._listener.recognize, items):
-                    self._start_reply(call, text, ended_at, nursery)
+    async def _listen(self, call: CallContext, nursery: trio.Nursery) -> None:
+        while True:
+            items = await self._listener.next_work()
+            for text, ended_at in await _in_thread(self._listener.recognize, items):
+                self._start_reply(call, text, ended_at, nursery)
 
     # -- answering ---------------------------------------------------------------------------------
 
