@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from engine.control.calls import make_call
 from engine.control.messages import send_sms, send_whatsapp
 from engine.control.rest import Credentials, TwilioClient
 from engine.errors import ConfigError, EngineError, InvalidInput, TwilioAPIError
@@ -114,14 +113,12 @@ async def _call(client: TwilioClient, args: argparse.Namespace) -> dict[str, Any
         )
     )
     async with trio.open_nursery() as nursery:
-        public_url = await nursery.start(server.serve)
+        await nursery.start(server.serve)
         try:
-            return await make_call(
+            return await server.make_call(
                 client,
-                server.status_board,
                 to=args.to,
                 from_=args.from_,
-                public_url=public_url,
                 pipeline=args.pipeline,
                 ring_timeout=args.timeout,
                 max_duration=args.max_duration,

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from engine.actions import add_action_commands, run_action
+from engine.admission import AdmissionConfig
 from engine.errors import EngineError
 from engine.loader import BUNDLED, load_stage_factory
 from engine.server import ServerConfig, TriggerHandler, Triggers, VoiceServer
@@ -63,6 +64,38 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run without TWILIO_AUTH_TOKEN: no webhook signature checks (local use only)",
     )
+    serve.add_argument(
+        "--max-calls",
+        type=int,
+        help="refuse new calls beyond this many at once, per worker (default: no ceiling)",
+    )
+    serve.add_argument(
+        "--max-loop-lag",
+        type=float,
+        metavar="MS",
+        help="refuse new calls while the event loop lags more than MS milliseconds",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds calls in flight may run on before they are ended with a "
+        "spoken notice (default 30)",
+    )
+    serve.add_argument(
+        "--shutdown-notice",
+        default="We are sorry, this call has to end now. Goodbye.",
+        help="what calls still running at the end of the drain hear ('' for none)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port(s) (default 1)",
+    )
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by --workers
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by --workers
 
     demo = commands.add_parser("demo", help="server + emulated Twilio call, no account needed")
     demo.add_argument(
@@ -89,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command == "serve" and args.workers > 1:
+            return _run_workers(args, argv)
         if args.command == "serve":
+            http_fd, media_fd = _worker_fds(args.worker_fds)
             config = ServerConfig(
                 stage_factory=load_stage_factory(args.pipeline),
                 auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
@@ -99,12 +135,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 insecure=args.insecure,
                 media_port=args.media_port,
                 media_url=args.media_url,
+                http_fd=http_fd,
+                media_fd=media_fd,
+                previous_auth_tokens=_previous_tokens(),
+                admission=AdmissionConfig(
+                    max_calls=args.max_calls,
+                    max_loop_lag=args.max_loop_lag / 1000 if args.max_loop_lag else None,
+                ),
+                drain_timeout=args.drain_timeout,
+                shutdown_notice=args.shutdown_notice or None,
                 triggers=Triggers(
                     inbound_call=_print_trigger("inboundCall"),
                     whatsapp_message=_print_trigger("newWhatsappMessage"),
                 ),
             )
-            trio.run(_serve, VoiceServer(config))
+            trio.run(_serve, VoiceServer(config), args.ready_fd)
         elif args.command == "demo":
             from engine.demo import run_demo
 
@@ -121,6 +166,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _worker_fds(value: str | None) -> tuple[int | None, int | None]:
+    if not value:
+        return None, None
+    fds = [int(fd) for fd in value.split(",")]
+    return fds[0], fds[1] if len(fds) > 1 else None
+
+
+def _previous_tokens() -> tuple[str, ...]:
+    """Auth Tokens still accepted while a rotation settles (``TWILIO_AUTH_TOKEN_PREVIOUS``,
+    comma-separated)."""
+    value = os.environ.get("TWILIO_AUTH_TOKEN_PREVIOUS", "")
+    return tuple(token.strip() for token in value.split(",") if token.strip())
+
+
+def _run_workers(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from engine.workers import WorkerPlan, run_workers
+
+    # Every worker runs ``serve`` with the same options, minus the ones the parent sets.
+    own = {"--workers", "--host", "--port", "--public-url", "--media-port", "--media-url"}
+    given = list(sys.argv[1:] if argv is None else argv)
+    serve_args = given[given.index("serve") + 1 :]
+    kept: list[str] = []
+    skip = False
+    for item in serve_args:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in own or name == "--insecure":
+            skip = name != "--insecure" and "=" not in item
+            continue
+        kept.append(item)
+    return run_workers(
+        WorkerPlan(
+            count=args.workers,
+            host=args.host,
+            port=args.port,
+            media_port=args.media_port,
+            public_url=args.public_url,
+            media_url=args.media_url,
+            insecure=args.insecure,
+            serve_args=kept,
+            log_level=args.log_level,
+        )
+    )
+
+
 def _print_trigger(name: str) -> TriggerHandler:
     """A trigger handler that prints ``{"trigger": name, "output": {...}}`` as a JSON line."""
 
@@ -130,7 +222,7 @@ def _print_trigger(name: str) -> TriggerHandler:
     return handler
 
 
-async def _serve(server: VoiceServer) -> None:
+async def _serve(server: VoiceServer, ready_fd: int | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -147,4 +239,9 @@ async def _serve(server: VoiceServer) -> None:
             nursery.start_soon(stop_on_signal)
             url = await nursery.start(run)
             gc.freeze()  # start-up objects never die: keep them out of every full collection
-            print(f"voice-engine serving on {url}", flush=True)
+            if ready_fd is None:
+                print(f"voice-engine serving on {url}", flush=True)
+            else:  # a worker of ``serve --workers N``: its parent announces the server
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
+                log.info("worker %d serving on %s", os.getpid(), url)

@@ -8,6 +8,7 @@ __all__ = [
     "ConnectionClosed",
     "EngineError",
     "InvalidInput",
+    "Overloaded",
     "ProtocolError",
     "SignatureError",
     "TokenError",
@@ -109,3 +110,12 @@ class InvalidInput(EngineError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class Overloaded(EngineError):
+    """The server refuses a new call: it is at its call ceiling, its event loop lags, or it is
+    shutting down; ``reason`` is ``call-ceiling``, ``loop-lag`` or ``draining``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the voice server cannot take another call now ({reason})")
+        self.reason = reason

@@ -5,7 +5,13 @@ whose ``<Parameter>`` s carry the call's pipeline and a short-lived token bound 
 (and fires the ``inboundCall`` trigger); ``WS /twilio/media`` runs a
 :class:`~engine.media.session.CallSession` once that token verifies; ``POST /twilio/status``
 feeds waiting ``makeCall`` s; ``POST /twilio/whatsapp`` fires ``newWhatsappMessage``;
-``GET /healthz``. Every webhook checks ``X-Twilio-Signature`` against the public URL.
+``GET /healthz`` (503 while draining); ``GET /metrics`` (Prometheus). Every webhook checks
+``X-Twilio-Signature`` against the public URL.
+
+Admission control (:mod:`engine.admission`) answers the voice webhook with refusal TwiML when
+this process is at its call ceiling, its event loop lags, or it is draining. Shutdown drains:
+new calls are refused while calls in flight run on for ``drain_timeout`` seconds; those still
+running are then wound down (a spoken notice, then a normal close).
 
 The media socket is served straight from the ASGI callable rather than through Quart's websocket
 machinery: every inbound frame of every call crosses it, and Quart would add a task hop and a
@@ -14,8 +20,11 @@ signal dispatch per frame. Everything else is ordinary Quart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,11 +47,26 @@ from hypercorn.typing import (
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from engine.control.calls import CallStatusBoard
+from engine import metrics
+from engine.admission import Admission, AdmissionConfig
+from engine.control.calls import CallStatusBoard, make_call
+from engine.control.rest import TwilioClient
 from engine.control.signature import is_valid_signature
 from engine.control.token import StreamTokens
-from engine.control.twiml import connect_stream, empty_response, stream_url
-from engine.errors import CLOSE_GOING_AWAY, ConfigError, ConnectionClosed
+from engine.control.twiml import (
+    connect_stream,
+    empty_response,
+    reject,
+    say_and_hang_up,
+    stream_url,
+)
+from engine.errors import (
+    CLOSE_GOING_AWAY,
+    ConfigError,
+    ConnectionClosed,
+    Overloaded,
+    TokenError,
+)
 from engine.loader import load_stage_factory
 from engine.media.listener import serve_media
 from engine.media.protocol import MAX_MESSAGE_BYTES, Start
@@ -54,6 +78,8 @@ __all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]
 log = logging.getLogger(__name__)
 
 MEDIA_PATH = "/twilio/media"
+INSECURE_SECRET_ENV = "VOICE_ENGINE_STREAM_SECRET"
+"""Internal: the stream-token key ``serve --workers N --insecure`` hands its workers."""
 
 
 TriggerHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -94,10 +120,28 @@ class ServerConfig:
     """The public ``wss://…/twilio/media`` URL of the media listener, when a proxy routes it."""
     insecure: bool = False
     """Run without an auth token: no signature checks, stream tokens keyed per process."""
+    http_fd: int | None = None
+    """An inherited listening socket to serve HTTP on instead of binding ``host:port``
+    (``serve --workers N`` shares one socket among its workers this way)."""
+    media_fd: int | None = None
+    """Likewise for the media listener."""
     session: SessionConfig = field(default_factory=SessionConfig)
     triggers: Triggers = field(default_factory=Triggers)
     token_ttl: float = 120.0
+    previous_auth_tokens: tuple[str, ...] = ()
+    """Auth Tokens rotated out but still accepted (webhook signatures, stream tokens) during a
+    grace period, so a token can be rotated without dropping a call."""
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    drain_timeout: float = 0.0
+    """On shutdown, seconds calls in flight may run on (new calls refused) before they are
+    wound down."""
+    shutdown_notice: str | None = None
+    """Spoken to calls still running when the drain time is over; ``None``: just close."""
+    busy_message: str = "Sorry, all our lines are busy right now. Please call again later."
+    """Said to an answered call the server cannot take (an unanswered inbound one is rejected
+    with a busy tone instead)."""
     shutdown_timeout: float = 5.0
+    """Seconds allowed for winding calls down and closing sockets once draining is over."""
 
     def __post_init__(self) -> None:
         if not self.auth_token and not self.insecure:
@@ -171,8 +215,17 @@ class VoiceServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        secret = config.auth_token or secrets.token_urlsafe(32)
+        secret = (
+            config.auth_token
+            or os.environ.get(INSECURE_SECRET_ENV)  # shared by the workers of --insecure serve
+            or secrets.token_urlsafe(32)
+        )
         self.tokens = StreamTokens(secret, ttl=config.token_ttl)
+        self._previous_tokens = [
+            StreamTokens(old, ttl=config.token_ttl) for old in config.previous_auth_tokens
+        ]
+        self.admission = Admission(config.admission)
+        self._meters: dict[CallSession, metrics.CallMeter] = {}
         self.public_url = config.public_url.rstrip("/") if config.public_url else None
         self.sessions: set[CallSession] = set()
         self.status_board = CallStatusBoard()
@@ -185,6 +238,7 @@ class VoiceServer:
         self._idle = trio.Event()
         self._idle.set()
         self._shutdown = trio.Event()
+        self._closing = False
         self.app = self._make_app()
 
     # -- ASGI ---------------------------------------------------------------------------------
@@ -204,7 +258,10 @@ class VoiceServer:
         if self.config.insecure:
             return True
         assert self.config.auth_token is not None
-        return is_valid_signature(url, params, signature, self.config.auth_token)
+        return any(
+            is_valid_signature(url, params, signature, token)
+            for token in (self.config.auth_token, *self.config.previous_auth_tokens)
+        )
 
     @property
     def media_url(self) -> str:
@@ -219,7 +276,7 @@ class VoiceServer:
     def _upgrade_allowed(self, target: str, headers: Mapping[str, str]) -> bool:
         query = target.partition("?")[2]
         url = self.media_url + (f"?{query}" if query else "")
-        if self._shutdown.is_set():
+        if self._closing:
             return False
         return self._signed(url, {}, headers.get("x-twilio-signature"))
 
@@ -245,17 +302,68 @@ class VoiceServer:
             config=self.config.session,
         )
         self.sessions.add(session)
+        meter = self._meters[session] = metrics.CallMeter()
+        self.admission.stream_started()
+        metrics.CALLS_ACTIVE.inc()
         if len(self.sessions) == 1:
             self._idle = trio.Event()
         try:
-            await session.run()
+            outcome = await session.run()
         finally:
             self.sessions.discard(session)
+            del self._meters[session]
+            meter.fold(session.counts())
+            self.admission.stream_ended()
+            metrics.CALLS_ACTIVE.dec()
             if not self.sessions:
                 self._idle.set()
+        metrics.CALLS_ENDED.labels(outcome.reason).inc()
+        if outcome.reason in ("stage-error", "stage-stalled"):
+            metrics.STAGE_ERRORS.labels(outcome.reason).inc()
 
     def _authorize(self, start: Start) -> Mapping[str, str]:
-        return self.tokens.verify(start.custom_parameters, start.call_sid)
+        try:
+            parameters = self.tokens.verify(start.custom_parameters, start.call_sid)
+        except TokenError:
+            for previous in self._previous_tokens:
+                with contextlib.suppress(TokenError):
+                    parameters = previous.verify(start.custom_parameters, start.call_sid)
+                    break
+            else:
+                raise
+        self.admission.claim(start.call_sid)
+        return parameters
+
+    def refuse_if_full(self) -> None:
+        """Raise :class:`~engine.errors.Overloaded` if this server would refuse a new call now
+        (``makeCall`` asks before placing one)."""
+        reason = self.admission.refusal(trio.current_time())
+        if reason is not None:
+            metrics.CALLS_REFUSED.labels(reason).inc()
+            raise Overloaded(reason)
+
+    async def make_call(self, client: TwilioClient, **options: Any) -> dict[str, Any]:
+        """The ``makeCall`` action on this server: refuse at once (:class:`Overloaded`) if it
+        could not take the call, else place it (see :func:`~engine.control.calls.make_call`
+        for ``options``) and return its outcome when it ends."""
+        self.refuse_if_full()
+        assert self.public_url is not None, "serve() first"
+        return await make_call(client, self.status_board, public_url=self.public_url, **options)
+
+    async def _monitor(self) -> None:
+        """Measure event-loop lag (for admission and metrics); fold call counters into metrics."""
+        period, lag, tick = 0.1, 0.0, 0
+        while True:
+            before = trio.current_time()
+            await trio.sleep(period)
+            # A spike stays visible for a few periods, then decays.
+            lag = max(trio.current_time() - before - period, lag * 0.7)
+            self.admission.note_loop_lag(lag)
+            tick += 1
+            if tick % 10 == 0:
+                metrics.EVENT_LOOP_LAG.set(lag)
+                for session, meter in self._meters.items():
+                    meter.fold(session.counts())
 
     def _select_stage(self, parameters: Mapping[str, str]) -> Stage:
         name = parameters.get(PIPELINE_PARAMETER)
@@ -292,6 +400,14 @@ class VoiceServer:
             return Response("invalid X-Twilio-Signature\n", status=403, mimetype="text/plain")
         return {name: form.get(name, "") for name in form}
 
+    def _refusal(self, fields: Mapping[str, str]) -> str:
+        """TwiML for a call refused by admission control: an unanswered inbound call is
+        rejected (busy tone, no charge); an answered one hears the busy message."""
+        ringing = fields.get("CallStatus", "ringing") == "ringing"
+        if fields.get("Direction", "inbound") == "inbound" and ringing:
+            return reject("busy")
+        return say_and_hang_up(self.config.busy_message)
+
     def _make_app(self) -> QuartTrio:
         app = QuartTrio("voice-engine")
 
@@ -303,6 +419,12 @@ class VoiceServer:
             call_sid = fields.get("CallSid", "")
             if not call_sid:
                 return Response("CallSid is required\n", status=400, mimetype="text/plain")
+            refused = self.admission.admit(call_sid, trio.current_time())
+            if refused is not None:
+                metrics.CALLS_REFUSED.labels(refused).inc()
+                log.warning("call %s refused: %s", call_sid, refused)
+                return Response(self._refusal(fields), status=200, mimetype="text/xml")
+            metrics.CALLS_ADMITTED.inc()
             parameters = {}
             pipeline = request.args.get(PIPELINE_PARAMETER)
             if pipeline:
@@ -345,29 +467,69 @@ class VoiceServer:
             return Response(empty_response(), status=200, mimetype="text/xml")
 
         @app.get("/healthz")
-        async def healthz() -> dict[str, Any]:
-            return {"status": "ok", "calls": len(self.sessions)}
+        async def healthz() -> tuple[dict[str, Any], int]:
+            draining = self._shutdown.is_set()
+            body = {"status": "draining" if draining else "ok", "calls": len(self.sessions)}
+            return body, 503 if draining else 200
+
+        @app.get("/metrics")
+        async def prometheus() -> Response:
+            return Response(metrics.render(), status=200, content_type=metrics.CONTENT_TYPE)
 
         return app
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Begin a graceful shutdown: end every call (close 1001), then stop listening."""
+        """Begin a graceful shutdown: refuse new calls, let calls in flight run on for
+        ``drain_timeout`` seconds, wind the rest down (spoken notice), then stop listening."""
         self._shutdown.set()
 
     async def _shutdown_trigger(self) -> None:
         await self._shutdown.wait()
-        log.info("shutting down: ending %d call(s)", len(self.sessions))
+        self.admission.drain()
+        config = self.config
+        if self.sessions and config.drain_timeout > 0:
+            log.info(
+                "draining: refusing new calls, %d in flight may run on for %.0f s",
+                len(self.sessions),
+                config.drain_timeout,
+            )
+            with trio.move_on_after(config.drain_timeout):
+                await self._idle.wait()
+        if self.sessions and config.shutdown_notice:
+            log.info("winding down %d call(s)", len(self.sessions))
+            with trio.move_on_after(config.shutdown_timeout):
+                notice = await self._notice_audio(config.shutdown_notice)
+                for session in list(self.sessions):
+                    session.wind_down(notice)
+                await self._idle.wait()
+        self._closing = True
+        if self.sessions:
+            log.info("shutting down: ending %d call(s)", len(self.sessions))
         for session in list(self.sessions):
             session.end("shutdown", CLOSE_GOING_AWAY)
-        with trio.move_on_after(self.config.shutdown_timeout):
+        with trio.move_on_after(config.shutdown_timeout):
             await self._idle.wait()
+
+    @staticmethod
+    async def _notice_audio(text: str) -> bytes | None:
+        """``text`` spoken as 8 kHz μ-law, or ``None`` if speech synthesis fails."""
+        from engine.tts import speak_ulaw  # eSpeak NG loads only when a notice is spoken
+
+        try:
+            return await trio.to_thread.run_sync(speak_ulaw, text)
+        except Exception:
+            log.exception("could not synthesize the shutdown notice; closing without it")
+            return None
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`shutdown`; reports the public base URL once listening."""
         hconfig = HypercornConfig()
-        hconfig.bind = [f"{self.config.host}:{self.config.port}"]
+        if self.config.http_fd is not None:
+            hconfig.bind = [f"fd://{self.config.http_fd}"]
+        else:
+            hconfig.bind = [f"{self.config.host}:{self.config.port}"]
         hconfig.websocket_max_message_size = MAX_MESSAGE_BYTES
         hconfig.accesslog = None
         hconfig.errorlog = logging.getLogger("hypercorn.error")
@@ -385,6 +547,7 @@ class VoiceServer:
                 )
                 nursery.cancel_scope.cancel()  # the media listener goes down with it
 
+            nursery.start_soon(self._monitor)
             binds: list[str] = await nursery.start(http)
             if self.public_url is None:
                 self.public_url = binds[0].rstrip("/")
@@ -398,6 +561,11 @@ class VoiceServer:
                         path=MEDIA_PATH,
                         check=self._upgrade_allowed,
                         max_message_bytes=MAX_MESSAGE_BYTES,
+                        sock=(
+                            socket.socket(fileno=self.config.media_fd)
+                            if self.config.media_fd is not None
+                            else None
+                        ),
                     )
                 )
                 log.info("media listener on port %d: %s", self.media_port, self.media_url)

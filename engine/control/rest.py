@@ -20,6 +20,7 @@ import httpx
 import trio
 
 from engine.errors import ConfigError, TwilioAPIError
+from engine.metrics import REST_ERRORS
 
 __all__ = ["DEFAULT_BASE_URL", "Credentials", "FormValue", "TwilioClient"]
 
@@ -120,8 +121,15 @@ class TwilioClient:
         ``path`` is relative to the account (``Calls.json``) or absolute (``/2010-04-01/…``).
         Raises :class:`~engine.errors.TwilioAPIError` on an error response.
         """
-        method = method.upper()
-        url = self.account_path(path)
+        try:
+            return await self._request(method.upper(), self.account_path(path), params)
+        except TwilioAPIError as exc:
+            REST_ERRORS.labels(str(exc.code), str(exc.status)).inc()
+            raise
+
+    async def _request(
+        self, method: str, url: str, params: Mapping[str, FormValue] | None
+    ) -> dict[str, Any]:
         fields = {k: (list(v) if not isinstance(v, str) else v) for k, v in (params or {}).items()}
         attempt = 0
         while True:
@@ -151,6 +159,8 @@ class TwilioClient:
                 attempt += 1
                 continue
             if response.status_code in (429, 503) and attempt < self.max_retries:
+                status = str(response.status_code)
+                REST_ERRORS.labels(status, status).inc()
                 await self._sleep(attempt, response.headers.get("Retry-After"))
                 attempt += 1
                 continue

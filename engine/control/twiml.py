@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from engine.errors import ConfigError
 
@@ -23,6 +23,8 @@ __all__ = [
     "connect_stream",
     "empty_response",
     "parse_connect_stream",
+    "reject",
+    "say_and_hang_up",
     "stream_url",
 ]
 
@@ -58,6 +60,15 @@ def _xml_text(what: str, value: str) -> str:
     return value
 
 
+def _split(what: str, url: str) -> SplitResult:
+    """``urlsplit(url)``, or :class:`ConfigError` where it refuses (``[`` without ``]``, a host
+    that NFKC normalization changes)."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{what} is not a valid URL ({exc}): {url!r}") from None
+
+
 def stream_url(public_url: str, path: str = "/twilio/media") -> str:
     """Return the WebSocket URL for ``path`` under the engine's public ``http(s)`` URL.
 
@@ -65,7 +76,7 @@ def stream_url(public_url: str, path: str = "/twilio/media") -> str:
     kept. Raises :class:`ConfigError` for another scheme, no host, credentials, a query string
     or a fragment (Twilio strips query strings from stream URLs).
     """
-    parts = urlsplit(public_url)
+    parts = _split("public URL", public_url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ConfigError(f"public URL must be http or https, not {public_url!r}")
@@ -86,7 +97,7 @@ def stream_url(public_url: str, path: str = "/twilio/media") -> str:
 
 def _check_stream_url(url: str) -> None:
     """Raise :class:`ConfigError` unless ``url`` is an absolute ws/wss URL without a query."""
-    parts = urlsplit(url)
+    parts = _split("<Stream url>", url)
     if parts.scheme.lower() not in ("ws", "wss") or not parts.netloc:
         raise ConfigError(f"<Stream url> must be an absolute wss:// (or ws://) URL, not {url!r}")
     if "?" in url or "#" in url:
@@ -96,7 +107,7 @@ def _check_stream_url(url: str) -> None:
 
 def _check_status_callback(url: str) -> None:
     """Raise :class:`ConfigError` unless ``url`` is an absolute http(s) URL."""
-    parts = urlsplit(url)
+    parts = _split("statusCallback", url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"statusCallback must be an absolute http(s) URL, not {url!r}")
     _xml_text("statusCallback", url)
@@ -144,6 +155,26 @@ def connect_stream(
 def empty_response() -> str:
     """Return an empty TwiML ``<Response/>``: Twilio does nothing more (no reply SMS, say)."""
     return XML_DECLARATION + ET.tostring(ET.Element("Response"), encoding="unicode")
+
+
+def reject(reason: str = "busy") -> str:
+    """Return TwiML that refuses an incoming call unanswered (no charge): ``<Reject>`` with
+    ``reason`` ``busy`` (the caller hears a busy tone) or ``rejected`` (not in service)."""
+    if reason not in ("busy", "rejected"):
+        raise ConfigError(f"<Reject reason> must be busy or rejected, not {reason!r}")
+    response = ET.Element("Response")
+    ET.SubElement(response, "Reject", reason=reason)
+    return XML_DECLARATION + ET.tostring(response, encoding="unicode")
+
+
+def say_and_hang_up(text: str) -> str:
+    """Return TwiML that speaks ``text`` and hangs up: ends an answered call politely
+    (``<Reject>`` only applies to incoming calls that have not been answered)."""
+    response = ET.Element("Response")
+    ET.SubElement(response, "Say").text = _xml_text("<Say>", text)
+    ET.SubElement(response, "Hangup")
+    # ElementTree leaves "\r" raw in text, and XML parsers read a raw "\r" as "\n".
+    return XML_DECLARATION + ET.tostring(response, encoding="unicode").replace("\r", "&#13;")
 
 
 def parse_connect_stream(twiml: str) -> ConnectStream:

@@ -10,7 +10,13 @@
 """
 
 from engine.testing.audio import read_audio, speech_bounds
-from engine.testing.caller import EmulatorError, InboundCall, open_inbound_call, ring
+from engine.testing.caller import (
+    CallRefused,
+    EmulatorError,
+    InboundCall,
+    open_inbound_call,
+    ring,
+)
 from engine.testing.stream import EmulatedStream, StreamRecord, new_sid, open_stream
 from engine.testing.twilio_api import (
     CalleeBehaviour,
@@ -24,6 +30,7 @@ from engine.testing.twilio_api import (
 from engine.tts import speak_ulaw as speech
 
 __all__ = [
+    "CallRefused",
     "CalleeBehaviour",
     "EmulatedCallState",
     "EmulatedMessage",

@@ -19,11 +19,20 @@ from engine.control.twiml import ConnectStream, parse_connect_stream
 from engine.errors import EngineError
 from engine.testing.stream import EmulatedStream, new_sid, open_stream
 
-__all__ = ["EmulatorError", "InboundCall", "open_inbound_call", "ring"]
+__all__ = ["CallRefused", "EmulatorError", "InboundCall", "open_inbound_call", "ring"]
 
 
 class EmulatorError(EngineError):
     """The server under test answered the emulated Twilio in a way Twilio would not accept."""
+
+
+class CallRefused(EngineError):
+    """The server answered the call with TwiML that does not stream it (``<Reject>``, or
+    ``<Say>`` then ``<Hangup>``): well-formed, but the call never reaches a pipeline."""
+
+    def __init__(self, twiml: str) -> None:
+        super().__init__(f"call refused: {twiml}")
+        self.twiml = twiml
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,9 @@ async def ring(
     client: httpx.AsyncClient | None = None,
 ) -> InboundCall:
     """POST the voice webhook as Twilio does and follow the TwiML it returns.
+
+    Raises :class:`CallRefused` when the answer is TwiML that does not connect a stream, and
+    :class:`EmulatorError` when it is not an answer Twilio would accept.
 
     Pass ``client`` to reuse connections when ringing many times (making a client is slow).
     """
@@ -82,6 +94,8 @@ async def ring(
     try:
         connect = parse_connect_stream(response.text)
     except ValueError as exc:
+        if "holds no <Connect><Stream>" in str(exc):
+            raise CallRefused(response.text) from None
         raise EmulatorError(f"voice webhook TwiML: {exc}") from exc
     return InboundCall(call_sid, account_sid, from_number, to_number, connect)
 
