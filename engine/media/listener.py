@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -223,13 +224,18 @@ async def serve_media(
     path: str,
     check: UpgradeCheck,
     max_message_bytes: int,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and run ``handler`` for every accepted media WebSocket at ``path``.
 
-    Reports the bound port through ``task_status``; runs until cancelled.
+    ``sock``, when given, is an already listening socket to accept on instead (worker processes
+    share one this way). Reports the bound port through ``task_status``; runs until cancelled.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if sock is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         serve = partial(

@@ -39,7 +39,9 @@ from engine.media.frames import (
     Dtmf,
     Frame,
     HangUp,
+    Interrupt,
     MarkEcho,
+    PlayAudio,
     SpeechStarted,
 )
 from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
@@ -47,6 +49,7 @@ from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Sta
 from engine.media.protocol import Dtmf as DtmfEvent
 from engine.media.stage import CallContext, Stage
 from engine.media.vad import TurnConfig, TurnDetector
+from engine.metrics import CallCounts
 
 __all__ = ["Authorizer", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
 
@@ -139,6 +142,9 @@ class CallSession:
         )
         self._playout_inbox: FrameChannel[Frame] = FrameChannel(self.config.playout_inbox_size)
         self._playout: PlayoutCore | None = None
+        self._stage_scope = trio.CancelScope()
+        self._notice: bytes | None = None
+        self._winding_down = False
         self.start: Start | None = None
         """The stream's ``start`` once received."""
         self.outcome: CallOutcome | None = None
@@ -149,6 +155,15 @@ class CallSession:
         """The CallSid, once ``start`` has arrived."""
         return self.start.call_sid if self.start else None
 
+    def counts(self) -> CallCounts:
+        """The call's running frame counters (cheap: read them as often as you like)."""
+        playout = self._playout
+        return CallCounts(
+            frames_in=self._parser.statistics().media,
+            frames_out=playout.statistics().sent_ms // 20 if playout is not None else 0,
+            frames_dropped=self._stage_inbox.statistics().dropped,
+        )
+
     def end(
         self, reason: str, close_code: int | None = CLOSE_NORMAL, error: str | None = None
     ) -> None:
@@ -157,6 +172,22 @@ class CallSession:
             self._end_reason = (reason, close_code, error)
         if self._scope is not None:
             self._scope.cancel()
+
+    def wind_down(self, notice: bytes | None = None, reason: str = "shutdown") -> None:
+        """End the call politely: stop the stage, cut its audio, play ``notice`` (8 kHz μ-law,
+        e.g. "we have to end this call now"), then close normally once it has played.
+
+        The call's outcome gives ``reason``. A call whose pipeline has not started yet simply
+        ends. Calling :meth:`end` afterwards still ends the call at once.
+        """
+        if self._end_reason is None:
+            self._end_reason = (reason, CLOSE_NORMAL, None)
+        if self._playout is None:
+            self.end(reason, CLOSE_NORMAL)
+            return
+        self._notice = notice
+        self._winding_down = True
+        self._stage_scope.cancel()
 
     async def run(self) -> CallOutcome:
         """Run the call to its end and return its outcome (also kept in :attr:`outcome`)."""
@@ -246,10 +277,17 @@ class CallSession:
 
     async def _run_stage(self, stage: Stage, call: CallContext) -> None:
         try:
-            await stage.run(call)
+            with self._stage_scope:
+                await stage.run(call)
         except Exception as exc:
             log.exception("stage of call %s failed", call.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        if self._winding_down:
+            await self._playout_inbox.send(Interrupt("wind-down"))
+            if self._notice:
+                await self._playout_inbox.send(PlayAudio(self._notice, "wind-down"))
+            await self._playout_inbox.send(HangUp(self._end_reason[0] if self._end_reason else ""))
         else:
             await self._playout_inbox.send(HangUp("stage-finished"))
 
