@@ -116,9 +116,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``voice-engine`` and ``python -m engine``."""
     args = _parser().parse_args(argv)
+    worker = getattr(args, "worker_fds", None) is not None
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # Workers of ``serve --workers N`` share stderr: say which one speaks.
+        format="%(asctime)s %(levelname)s "
+        + ("[%(process)d] " if worker else "")
+        + "%(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:

@@ -419,21 +419,25 @@ class VoiceServer:
             call_sid = fields.get("CallSid", "")
             if not call_sid:
                 return Response("CallSid is required\n", status=400, mimetype="text/plain")
+            parameters = {}
+            pipeline = request.args.get(PIPELINE_PARAMETER)
+            if pipeline:
+                parameters[PIPELINE_PARAMETER] = pipeline
+            assert self.public_url is not None
+            try:
+                twiml = connect_stream(
+                    self.media_url,
+                    self.tokens.parameters_with_token(call_sid, parameters),
+                )
+            except ConfigError as exc:  # a ?pipeline= that a <Parameter> cannot carry
+                return Response(f"{exc}\n", status=400, mimetype="text/plain")
             refused = self.admission.admit(call_sid, trio.current_time())
             if refused is not None:
                 metrics.CALLS_REFUSED.labels(refused).inc()
                 log.warning("call %s refused: %s", call_sid, refused)
                 return Response(self._refusal(fields), status=200, mimetype="text/xml")
             metrics.CALLS_ADMITTED.inc()
-            parameters = {}
-            pipeline = request.args.get(PIPELINE_PARAMETER)
-            if pipeline:
-                parameters[PIPELINE_PARAMETER] = pipeline
-            assert self.public_url is not None
-            twiml = connect_stream(
-                self.media_url,
-                self.tokens.parameters_with_token(call_sid, parameters),
-            )
+            log.info("call %s admitted (%s)", call_sid, fields.get("Direction", "inbound"))
             if fields.get("Direction", "inbound") == "inbound":
                 await self._fire(
                     self.config.triggers.inbound_call,

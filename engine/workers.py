@@ -161,7 +161,8 @@ async def _supervise(
                 async for _pid in receive_ready:
                     started += 1
                     if started == count:
-                        print(f"voice-engine serving on {public_url} ({count} workers)", flush=True)
+                        log.info("%d workers ready", count)
+                        print(f"voice-engine serving on {public_url}", flush=True)
 
             nursery.start_soon(announce)
             async for signum in signals:

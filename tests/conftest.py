@@ -6,14 +6,37 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from engine.testing import speech
+
+# Hypothesis profiles. "default" is what plain ``pytest`` (and CI) runs: at most a few hundred
+# examples per property, no per-example deadline (a shared 2-core machine is not a stopwatch).
+# "fuzz" is the long run over the parsers of untrusted input (``pytest -m fuzz
+# --hypothesis-profile=fuzz``, see README "Fuzzing"); tests that are not sans-IO scale their own
+# count down from it (see ``fuzz_examples``).
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile(
+    "fuzz",
+    max_examples=100_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+FUZZ_PROFILE_EXAMPLES = 100_000
+
+
+def fuzz_examples(default: int, fuzz: int) -> int:
+    """An example count for a slow (not sans-IO) fuzz target: ``fuzz`` under the fuzz profile,
+    ``default`` otherwise. Read at import time, after ``--hypothesis-profile`` was applied."""
+    return fuzz if settings.default.max_examples >= FUZZ_PROFILE_EXAMPLES else default
+
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -45,10 +68,15 @@ class Server:
 
 
 def start_server(
-    tmp_path: Path, pipeline: str, *, env: dict[str, str] | None = None, insecure: bool = False
+    tmp_path: Path,
+    pipeline: str,
+    *,
+    env: dict[str, str] | None = None,
+    insecure: bool = False,
+    args: Sequence[str] = (),
 ) -> Server:
     """Start ``python -m engine serve`` on a free port and wait until it listens."""
-    token = secrets.token_hex(16)
+    token = (env or {}).get("TWILIO_AUTH_TOKEN") or secrets.token_hex(16)
     log_path = tmp_path / f"server-{secrets.token_hex(4)}.log"
     full_env = {
         **os.environ,
@@ -61,12 +89,13 @@ def start_server(
         full_env.pop("TWILIO_AUTH_TOKEN", None)
     else:
         full_env["TWILIO_AUTH_TOKEN"] = token
-    args = [sys.executable, "-m", "engine", "serve", "--port", "0", "--pipeline", pipeline]
+    command = [sys.executable, "-m", "engine", "serve", "--port", "0", "--pipeline", pipeline]
+    command += args
     if insecure:
-        args.append("--insecure")
+        command.append("--insecure")
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=log_file, text=True, env=full_env, cwd=ROOT
+        command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=full_env, cwd=ROOT
     )
     assert process.stdout is not None
     line = process.stdout.readline()
