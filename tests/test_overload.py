@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 import trio
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import sentences, spoken
@@ -150,3 +152,27 @@ async def test_an_answered_call_beyond_the_ceiling_hears_the_busy_message() -> N
     assert "<Say>Sorry, all our lines are busy" in response.text
     assert response.text.endswith("<Hangup /></Response>")
     assert "<Stream" not in response.text
+
+
+async def test_a_lagging_event_loop_refuses_new_calls_until_it_recovers() -> None:
+    config = ServerConfig(
+        stage_factory=Echo,
+        auth_token=TOKEN,
+        port=0,
+        admission=AdmissionConfig(max_loop_lag=0.05),
+    )
+    server = VoiceServer(config)
+    async with trio.open_nursery() as nursery, httpx.AsyncClient() as http:
+        url = await nursery.start(server.serve)
+        assert (await ring(url, TOKEN, client=http)).connect.url  # a healthy loop admits
+        time.sleep(0.3)  # noqa: ASYNC251 — the point: block this (the server's) event loop
+        await trio.sleep(0.15)  # the monitor wakes, late, and notes the lag
+        with pytest.raises(CallRefused):
+            await ring(url, TOKEN, client=http)
+        with trio.fail_after(5):  # the lag estimate decays once the loop runs on time
+            while server.admission.refusal(trio.current_time()) is not None:
+                await trio.sleep(0.05)
+        assert (await ring(url, TOKEN, client=http)).connect.url
+        server.shutdown()
+    refused = REGISTRY.get_sample_value("voice_engine_calls_refused_total", {"reason": "loop-lag"})
+    assert refused is not None and refused >= 1
