@@ -17,7 +17,7 @@ import trio
 from engine.control.messages import send_sms, send_whatsapp
 from engine.control.rest import Credentials, TwilioClient
 from engine.errors import ConfigError, EngineError, InvalidInput, TwilioAPIError
-from engine.loader import load_stage_factory
+from engine.loader import BUNDLED, load_stage_factory
 from engine.server import ServerConfig, VoiceServer
 
 __all__ = ["add_action_commands", "run_action"]
@@ -106,6 +106,7 @@ async def _call(client: TwilioClient, args: argparse.Namespace) -> dict[str, Any
     server = VoiceServer(
         ServerConfig(
             stage_factory=load_stage_factory(args.pipeline),
+            pipelines=frozenset(BUNDLED) | {args.pipeline},
             auth_token=token,
             host=args.host,
             port=args.port,

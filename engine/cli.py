@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http_fd, media_fd = _worker_fds(args.worker_fds)
             config = ServerConfig(
                 stage_factory=load_stage_factory(args.pipeline),
+                pipelines=frozenset(BUNDLED) | {args.pipeline},
                 auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
                 host=args.host,
                 port=args.port,
@@ -246,6 +247,6 @@ async def _serve(server: VoiceServer, ready_fd: int | None = None) -> None:
             if ready_fd is None:
                 print(f"voice-engine serving on {url}", flush=True)
             else:  # a worker of ``serve --workers N``: its parent announces the server
+                log.info("worker %d serving on %s", os.getpid(), url)
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
-                log.info("worker %d serving on %s", os.getpid(), url)

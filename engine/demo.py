@@ -32,7 +32,7 @@ class _Transcript(logging.Handler):
     """Collects the ``heard "…"`` / ``reply "…"`` lines pipelines log for each turn."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.lines: list[tuple[str, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -48,7 +48,10 @@ async def run_demo(pipeline: str, sentence: str) -> int:
         ServerConfig(stage_factory=load_stage_factory(pipeline), auth_token=token, port=0)
     )
     transcript = _Transcript()
-    logging.getLogger("pipelines").addHandler(transcript)
+    # Pipelines log what was said at DEBUG only (call content); the demo shows it.
+    pipelines_log = logging.getLogger("pipelines")
+    pipelines_log.addHandler(transcript)
+    pipelines_log.setLevel(logging.DEBUG)
     audio = await trio.to_thread.run_sync(speech, sentence)
     said_until = 0
     async with trio.open_nursery() as nursery:

@@ -67,7 +67,7 @@ from engine.errors import (
     Overloaded,
     TokenError,
 )
-from engine.loader import load_stage_factory
+from engine.loader import BUNDLED, load_stage_factory
 from engine.media.listener import serve_media
 from engine.media.protocol import MAX_MESSAGE_BYTES, Start
 from engine.media.session import CallSession, MediaSocket, SessionConfig
@@ -78,6 +78,8 @@ __all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]
 log = logging.getLogger(__name__)
 
 MEDIA_PATH = "/twilio/media"
+MAX_WEBHOOK_BYTES = 64 * 1024
+"""Largest webhook body accepted (Twilio's are a few KiB; an SMS body is at most 1600 chars)."""
 INSECURE_SECRET_ENV = "VOICE_ENGINE_STREAM_SECRET"
 """Internal: the stream-token key ``serve --workers N --insecure`` hands its workers."""
 
@@ -107,7 +109,7 @@ class ServerConfig:
 
     stage_factory: StageFactory
     """The default pipeline's stage factory (a call may name another, see ``makeCall``)."""
-    auth_token: str | None
+    auth_token: str | None = field(repr=False)
     """Twilio's Auth Token: signs webhooks and keys stream tokens. Required unless ``insecure``."""
     host: str = "127.0.0.1"
     port: int = 8080
@@ -120,6 +122,9 @@ class ServerConfig:
     """The public ``wss://…/twilio/media`` URL of the media listener, when a proxy routes it."""
     insecure: bool = False
     """Run without an auth token: no signature checks, stream tokens keyed per process."""
+    pipelines: frozenset[str] = frozenset(BUNDLED)
+    """The pipeline names a call may ask for (``?pipeline=`` on the voice webhook, as
+    ``makeCall`` sets it); anything else is refused, so a URL can never import arbitrary code."""
     http_fd: int | None = None
     """An inherited listening socket to serve HTTP on instead of binding ``host:port``
     (``serve --workers N`` shares one socket among its workers this way)."""
@@ -128,7 +133,7 @@ class ServerConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     triggers: Triggers = field(default_factory=Triggers)
     token_ttl: float = 120.0
-    previous_auth_tokens: tuple[str, ...] = ()
+    previous_auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     """Auth Tokens rotated out but still accepted (webhook signatures, stream tokens) during a
     grace period, so a token can be rotated without dropping a call."""
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -369,6 +374,8 @@ class VoiceServer:
         name = parameters.get(PIPELINE_PARAMETER)
         if not name:
             return self.config.stage_factory()
+        if name not in self.config.pipelines:
+            raise ConfigError(f"pipeline {name[:80]!r} is not served here")
         factory = self._factories.get(name)
         if factory is None:
             factory = self._factories[name] = load_stage_factory(name)
@@ -392,6 +399,9 @@ class VoiceServer:
         self._nursery.start_soon(run)
 
     async def _signed_form(self) -> dict[str, str] | Response:
+        if not self.config.insecure and not request.headers.get("X-Twilio-Signature"):
+            # Refused before the body is read: unsigned requests cost next to nothing.
+            return Response("missing X-Twilio-Signature\n", status=403, mimetype="text/plain")
         form = await request.form
         params = {name: form.getlist(name) for name in form}
         url = self._url(request.path, request.query_string)
@@ -410,6 +420,8 @@ class VoiceServer:
 
     def _make_app(self) -> QuartTrio:
         app = QuartTrio("voice-engine")
+        # Twilio's webhooks are small forms; refuse big bodies before parsing them.
+        app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES
 
         @app.post("/twilio/voice")
         async def voice() -> Response:
@@ -422,6 +434,15 @@ class VoiceServer:
             parameters = {}
             pipeline = request.args.get(PIPELINE_PARAMETER)
             if pipeline:
+                if pipeline not in self.config.pipelines:
+                    log.warning(
+                        "call %s asked for pipeline %r, which is not served", call_sid, pipeline
+                    )
+                    return Response(
+                        f"pipeline {pipeline[:80]!r} is not served here\n",
+                        status=400,
+                        mimetype="text/plain",
+                    )
                 parameters[PIPELINE_PARAMETER] = pipeline
             assert self.public_url is not None
             try:

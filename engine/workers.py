@@ -74,7 +74,9 @@ def run_workers(plan: WorkerPlan) -> int:
     port = http.getsockname()[1]
     public_url = plan.public_url or f"http://{plan.host}:{port}"
     media_url = plan.media_url
-    if media is not None and media_url is None:
+    if media is not None and media_url is None and plan.public_url is None:
+        # Local use: Twilio (the emulator) dials the media port directly. Behind a proxy (a
+        # public URL), the stream URL follows it, as with one process, unless --media-url.
         media_url = f"ws://{plan.host}:{media.getsockname()[1]}/twilio/media"
     metrics_dir = tempfile.mkdtemp(prefix="voice-engine-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
@@ -101,8 +103,9 @@ def run_workers(plan: WorkerPlan) -> int:
         ",".join(map(str, fds)),
     ]
     if media is not None:
-        assert media_url is not None
-        command += ["--media-port", str(media.getsockname()[1]), "--media-url", media_url]
+        command += ["--media-port", str(media.getsockname()[1])]
+    if media_url is not None:
+        command += ["--media-url", media_url]
     if plan.insecure:
         command.append("--insecure")
     try:
@@ -121,12 +124,10 @@ async def _supervise(
 
     stopping = False
     running: dict[int, trio.Process] = {}
-    failures = 0
 
     async def keep(index: int, ready: trio.MemorySendChannel[int]) -> None:
-        nonlocal failures
         async with ready:
-            while True:
+            while not stopping:
                 read_fd, write_fd = os.pipe()
                 try:
                     process = await trio.lowlevel.open_process(
@@ -137,17 +138,19 @@ async def _supervise(
                 finally:
                     os.close(write_fd)
                 running[index] = process
+                if stopping:  # the signal came while this one was starting
+                    process.send_signal(signal.SIGTERM)
                 async with trio.lowlevel.FdStream(read_fd) as pipe:
                     if await pipe.receive_some(1):
                         ready.send_nowait(process.pid)
                 code = await process.wait()
                 del running[index]
                 mark_process_dead(process.pid)
-                if stopping:
-                    return
-                failures += 1
-                log.error("worker %d (pid %d) exited with %s; restarting", index, process.pid, code)
-                await trio.sleep(RESTART_DELAY)
+                if not stopping:
+                    log.error(
+                        "worker %d (pid %d) exited with %s; restarting", index, process.pid, code
+                    )
+                    await trio.sleep(RESTART_DELAY)
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -171,4 +174,4 @@ async def _supervise(
                 for process in running.values():
                     process.send_signal(signal.SIGTERM)
                 break
-    return 0 if failures == 0 else 1
+    return 0

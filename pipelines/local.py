@@ -192,7 +192,7 @@ class LocalAgent(Stage):
             started = trio.current_time()
             finals = await _in_thread(self._listener.recognize, items, call.call_sid)
             for text, ended_at in finals:
-                log.info("call %s: heard %s", call.call_sid, _quote(text))
+                log.debug("call %s: heard %s", call.call_sid, _quote(text))
                 log.debug(
                     "call %s: final transcript %d ms after end of turn (last batch %d ms)",
                     call.call_sid,
@@ -262,7 +262,7 @@ class LocalAgent(Stage):
                     close()
                 text = " ".join(said)
                 suffix = "" if not scope.cancel_called else " (cut short)"
-                log.info("call %s: reply %s%s", call.call_sid, _quote(text), suffix)
+                log.debug("call %s: reply %s%s", call.call_sid, _quote(text), suffix)
                 self.history.append((heard, text))
         if self._reply_scope is scope:
             self._reply_scope = None

@@ -74,6 +74,7 @@ def start_server(
     env: dict[str, str] | None = None,
     insecure: bool = False,
     args: Sequence[str] = (),
+    log_level: str = "INFO",
 ) -> Server:
     """Start ``python -m engine serve`` on a free port and wait until it listens."""
     token = (env or {}).get("TWILIO_AUTH_TOKEN") or secrets.token_hex(16)
@@ -89,7 +90,8 @@ def start_server(
         full_env.pop("TWILIO_AUTH_TOKEN", None)
     else:
         full_env["TWILIO_AUTH_TOKEN"] = token
-    command = [sys.executable, "-m", "engine", "serve", "--port", "0", "--pipeline", pipeline]
+    command = [sys.executable, "-m", "engine", "--log-level", log_level, "serve", "--port", "0"]
+    command += ["--pipeline", pipeline]
     command += args
     if insecure:
         command.append("--insecure")

@@ -173,3 +173,30 @@ async def test_status_callbacks_out_of_order_and_duplicated() -> None:
         await post(url, late, validator.compute_signature(url, late))
         latest = server.status_board.latest(CALL)
         assert latest is not None and latest.status == "completed" and latest.duration == 7
+
+
+async def test_a_pipeline_the_server_does_not_serve_is_refused_not_imported() -> None:
+    validator = RequestValidator(TOKEN)
+    async with running([]) as server:
+        for pipeline, status in (("echo", 200), ("os:abort", 400), ("builtins:print", 400)):
+            url = f"{server.public_url}/twilio/voice?pipeline={pipeline}"
+            response = await post(url, VOICE, validator.compute_signature(url, VOICE))
+            assert response.status_code == status, pipeline
+            if status == 400:
+                assert "not served here" in response.text
+
+
+async def test_webhook_bodies_are_bounded_and_unsigned_ones_are_not_read() -> None:
+    validator = RequestValidator(TOKEN)
+    async with running([]) as server:
+        url = f"{server.public_url}/twilio/status"
+        big = {**STATUS, "Padding": "x" * 100_000}
+        # Signed or not, a body past the limit is refused before any form parsing.
+        assert (await post(url, big, validator.compute_signature(url, big))).status_code == 413
+        unsigned = await post(url, big, None)
+        assert unsigned.status_code == 403
+        assert "missing X-Twilio-Signature" in unsigned.text
+        # A normal, signed status callback still goes through.
+        assert (
+            await post(url, STATUS, validator.compute_signature(url, STATUS))
+        ).status_code == 204

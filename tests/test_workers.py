@@ -3,7 +3,9 @@ land on different worker processes, and the call — with makeCall's wait — st
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import httpx
@@ -100,3 +102,27 @@ async def test_calls_spread_over_two_workers_complete_and_make_call_waits_them_o
         for sample in family.samples
     }
     assert totals["voice_engine_calls_admitted_total"] == CALLS
+
+
+async def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path, "echo", args=["--workers", "2"])
+    try:
+        pids = re.findall(r"worker (\d+) serving", server.log())
+        assert len(pids) == 2
+        os.kill(int(pids[0]), signal.SIGKILL)
+        with trio.fail_after(15):
+            while len(re.findall(r"worker (\d+) serving", server.log())) < 3:
+                await trio.sleep(0.1)
+        replacement = re.findall(r"worker (\d+) serving", server.log())[-1]
+        assert replacement not in pids
+        async with httpx.AsyncClient() as http:
+            for _ in range(10):  # spread over both workers: every one answers
+                assert (await http.get(f"{server.url}/healthz")).status_code == 200
+    finally:
+        exit_code = stop_server(server)
+        if server.process.stdout:
+            server.process.stdout.close()
+    assert exit_code == 0, server.log()
+    assert "exited with -9; restarting" in server.log()

@@ -178,7 +178,7 @@ class LLMAgent(Stage):
     def _start_reply(
         self, call: CallContext, heard: str, ended_at: float, nursery: trio.Nursery
     ) -> None:
-        log.info("call %s: heard %s", call.call_sid, _quote(heard))
+        log.debug("call %s: heard %s", call.call_sid, _quote(heard))
         if not heard.strip():
             return  # noise, or nothing the recognizer could make out: no reply
         if self._latest is not None:
@@ -227,7 +227,7 @@ class LLMAgent(Stage):
             finally:
                 reply.producing = False
                 self._update(reply)
-                log.info(
+                log.debug(  # what was said is call content: never at INFO
                     "call %s: %s %s%s",
                     call.call_sid,
                     reply.label,
@@ -291,7 +291,7 @@ class LLMAgent(Stage):
         reply.heard_ms = reply.drained_ms + event.heard_ms
         reply.scope.cancel()
         self._update(reply)
-        log.info(
+        log.debug(
             "call %s: %s interrupted after %d ms heard (%d ms dropped): %s",
             call.call_sid,
             event.label,

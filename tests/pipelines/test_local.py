@@ -87,7 +87,7 @@ def logged(log: str, what: str) -> list[str]:
 
 
 async def test_a_caller_asking_for_a_table_hears_a_spoken_booking_answer(serve) -> None:
-    server = serve("pipelines.local:create")
+    server = serve("pipelines.local:create", log_level="DEBUG")  # transcripts log at DEBUG
     audio = spoken("Hello, I would like to book a table for two people.")
     async with open_inbound_call(server.url, server.auth_token) as call:
         await call.pause(0.5)
