@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.overload import overload
 from bench.procs import start_server, usable_cpus
 from bench.report import compare, write_markdown, write_plots
 from bench.scenarios import (
@@ -20,12 +21,17 @@ from bench.scenarios import (
     frame_round_trip,
     turn_latency,
 )
+from bench.turn_taking import live, run_replay
 from engine.media.vad import TurnConfig
 from engine.tts import speak_ulaw
 
 __all__ = ["add_bench_command", "run_bench"]
 
 QUICK_SWEEP = (1, 10, 50)
+OVERLOAD_EXCESS = 20
+"""Callers beyond the ceiling in the overload run."""
+TURN_TAKING_HANGOVERS = (200, 300, 400, 500, 600)
+"""Hangovers the turn-taking material is replayed at (the live calls use default and 300)."""
 FULL_SWEEP = (1, 10, 50, 100, 150, 200, 250, 300)
 SENTENCES = (
     "I would like to book a table for two people tomorrow evening.",
@@ -51,6 +57,13 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="serve media on the dedicated listener (default) or through hypercorn",
     )
     bench.add_argument("--no-turns", action="store_true", help="skip turn latency and barge-in")
+    bench.add_argument(
+        "--overload",
+        type=int,
+        metavar="K",
+        help="call ceiling of the overload run (K + 20 callers; default 10, with --full the "
+        "measured capacity); 0 skips it",
+    )
 
 
 class _Progress:
@@ -113,7 +126,14 @@ def run_bench(args: argparse.Namespace) -> int:
     log = out / "server.log"
     listener = args.media_path == "listener"
     turns = not args.no_turns
-    progress = _Progress(len(sweep) + (2 if turns else 0) + (1 if args.full else 0))
+    overload_ceiling = args.overload if args.overload is not None else 10
+    progress = _Progress(
+        (1 if overload_ceiling else 0)
+        + len(sweep)
+        + (3 if turns else 0)
+        + (1 if args.full else 0)
+        + (2 if turns and args.full else 0)
+    )
 
     audio_path = out / "caller.ulaw"
     audio_path.write_bytes(b"".join(speak_ulaw(s) for s in SENTENCES))
@@ -158,6 +178,21 @@ def run_bench(args: argparse.Namespace) -> int:
         server.stop()
     result["frame_round_trip"] = as_dict(steps)
     result["capacity"] = capacity(steps)
+    if args.full and args.overload is None:
+        overload_ceiling = result["capacity"] or 10
+    if overload_ceiling:
+        progress.step(f"overload, ceiling {overload_ceiling} + {OVERLOAD_EXCESS}")
+        run = overload(
+            overload_ceiling,
+            OVERLOAD_EXCESS,
+            duration,
+            cpu=server_cpu,
+            generator_cpu=generator_cpu,
+            media_listener=listener,
+            log=log,
+            audio=audio_path,
+        )
+        result["overload"] = {**as_dict(run), "healthy": run.healthy}
 
     if turns:
         clips = [speak_ulaw(s) for s in SENTENCES]
@@ -173,6 +208,32 @@ def run_bench(args: argparse.Namespace) -> int:
             )
         finally:
             server.stop()
+        turn = TurnConfig()
+        taking = run_replay(24, 60.0, turn, TURN_TAKING_HANGOVERS, progress=progress.step)
+        if args.full:  # the same through the engine over WebSockets, in real time
+            for hangover in sorted({turn.hangover_ms, 300}, reverse=True):
+                progress.step(f"turn-taking live, hangover {hangover} ms")
+                server = start_server(
+                    "bench.probe:create",
+                    cpu=server_cpu,
+                    media_listener=listener,
+                    log=log,
+                    hangover_ms=hangover,
+                )
+                try:
+                    first = hangover == turn.hangover_ms
+                    live(
+                        server,
+                        taking,
+                        hangover_ms=hangover,
+                        sentences=6,
+                        noise_listen_s=3.0 if first else 0.0,
+                        noise_talk_s=8.0 if first else 0.0,
+                        onset_trials=6 if first else 0,
+                    )
+                finally:
+                    server.stop()
+        result["turn_taking"] = as_dict(taking)
     progress.close()
 
     (out / "results.json").write_text(json.dumps(result, indent=1))

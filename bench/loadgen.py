@@ -41,7 +41,9 @@ def summarize(records: list[LoadCall]) -> dict[str, object]:
     """Round trips (ms), lost / mismatched / late counts, and the generator's lateness."""
     rtts: list[np.ndarray] = []
     sent = echoed = mismatched = 0
-    errors = [r.error for r in records if r.error]
+    # A call refused by admission control is an answer, not a failure.
+    refused = sum(1 for r in records if r.error and r.error.startswith("CallRefused"))
+    errors = [r.error for r in records if r.error and not r.error.startswith("CallRefused")]
     for record in records:
         n = min(len(record.echoed), len(record.sent))
         if n:
@@ -60,6 +62,7 @@ def summarize(records: list[LoadCall]) -> dict[str, object]:
         "calls": len(records),
         "errors": errors[:5],
         "failed_calls": len(errors),
+        "refused_calls": refused,
         "frames_sent": sent,
         "frames_echoed": echoed,
         "lost": max(0, sent - echoed),

@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +53,30 @@ class Server:
             return self.process.wait()
 
 
-def start_server(pipeline: str, *, cpu: int | None, media_listener: bool, log: Path) -> Server:
-    """Start ``python -m engine serve`` pinned to ``cpu`` and wait until it listens."""
+def start_server(
+    pipeline: str,
+    *,
+    cpu: int | None,
+    media_listener: bool,
+    log: Path,
+    hangover_ms: int | None = None,
+    extra: Sequence[str] = (),
+) -> Server:
+    """Start ``python -m engine serve`` pinned to ``cpu`` and wait until it listens.
+
+    ``hangover_ms`` sets the turn detector's end-of-turn hangover (``--hangover-ms``).
+    ``extra`` arguments are added to ``serve``'s (e.g. ``--max-calls``).
+    """
     token = secrets.token_hex(16)
     env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     env.pop("PUBLIC_URL", None)
     args = [sys.executable, "-m", "engine", "--log-level", "WARNING", "serve", "--port", "0"]
+    if hangover_ms is not None:
+        args += ["--hangover-ms", str(hangover_ms)]
     args += ["--pipeline", pipeline]
     if media_listener:
         args += ["--media-port", "0"]
+    args += extra
     log_file = log.open("a")
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
     if cpu is not None:

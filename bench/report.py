@@ -43,7 +43,83 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
     barge = result.get("barge_in")
     if barge and barge["reaction_ms"]:
         out["barge_in.p50_ms"] = _pct(barge["reaction_ms"], 50) or 0.0
+    taking = result.get("turn_taking")
+    if taking:
+        for kind in ("replay", "live"):
+            for run in taking[f"{kind}_speech"]:
+                share = run["premature"] / run["decisions"] if run["decisions"] else 0.0
+                out[f"turn_taking.{kind}.premature_share[{run['hangover_ms']}]"] = share
+            for noise in taking[f"{kind}_noise"]:
+                out[f"turn_taking.{kind}.false_starts[{noise['noise']}]"] = noise["false_starts"]
+                if noise["false_barge_ins"] is not None:
+                    out[f"turn_taking.live.false_barge_ins[{noise['noise']}]"] = noise[
+                        "false_barge_ins"
+                    ]
+        for q in (50, 99):
+            value = _pct(taking["onset_to_clear_ms"], q)
+            if value is not None:
+                out[f"turn_taking.onset_to_clear.p{q}"] = value
     return out
+
+
+def _turn_taking_markdown(taking: dict[str, Any]) -> list[str]:
+    goals = taking["goals"]
+    lines = [
+        "",
+        "## Turn-taking quality",
+        "",
+        f"Speech with pauses inside sentences ({taking['pause_ms'][0]}–{taking['pause_ms'][1]} ms"
+        f", eSpeak NG voices through μ-law, {taking['material_seconds']:.0f} s replayed); noise "
+        f"at the speech's level (RMS {taking['speech_level_rms']:.0f}). Replay: the turn detector "
+        "fed the material frame by frame; live: calls through the engine over WebSockets "
+        "(`bench.probe` stage). A decision is premature when it falls inside a sentence.",
+        "",
+        "| run | hangover | sentences | decisions | premature | share (goal ≤ "
+        f"{goals['premature_share_max']:.0%}) | turn latency p50 | p99 | p99 − hangover "
+        f"(goal ≤ {goals['turn_latency_over_hangover_p99_max_ms']} ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("replay", "live"):
+        for run in taking[f"{kind}_speech"]:
+            share = run["premature"] / run["decisions"] if run["decisions"] else 0.0
+            p50, p99 = _pct(run["latency_ms"], 50), _pct(run["latency_ms"], 99)
+            over = "–" if p99 is None else f"{p99 - run['hangover_ms']:+.0f} ms"
+            lines.append(
+                f"| {kind} | {run['hangover_ms']} ms | {run['sentences']} | {run['decisions']} | "
+                f"{run['premature']} | {share:.1%} | "
+                f"{'–' if p50 is None else f'{p50:.0f} ms'} | "
+                f"{'–' if p99 is None else f'{p99:.0f} ms'} | {over} |"
+            )
+    lines += [
+        "",
+        f"| noise | run | seconds | false starts | false-turn audio | false barge-ins "
+        f"(goal {goals['false_barge_ins']:.0f}) | bot talking |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("replay", "live"):
+        for noise in taking[f"{kind}_noise"]:
+            barge, turn_ms = noise["false_barge_ins"], noise["false_turn_ms"]
+            lines.append(
+                f"| {noise['noise']} | {kind} | {noise['seconds']:.0f} | {noise['false_starts']} | "
+                f"{'–' if turn_ms is None else f'{turn_ms / 1000:.1f} s'} | "
+                f"{'–' if barge is None else barge} | "
+                f"{noise['barge_in_seconds']:.1f} s |"
+            )
+    clear = taking["onset_to_clear_ms"]
+    detect = taking["onset_detect_ms"]
+    if detect:
+        lines += [
+            "",
+            f"Speech declared (replay): true onset → end of the deciding frame p50 "
+            f"{_pct(detect, 50):.0f} ms, max {max(detect):.0f} ms (n = {len(detect)}).",
+        ]
+    if clear:
+        lines += [
+            f"Barge-in (live): true speech onset → `clear` received p50 {_pct(clear, 50):.0f} ms, "
+            f"p99 {_pct(clear, 99):.0f} ms, max {max(clear):.0f} ms (goal ≤ "
+            f"{goals['onset_to_clear_max_ms']:.0f} ms; n = {len(clear)}).",
+        ]
+    return lines
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
@@ -76,6 +152,19 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost): "
         f"{capacity if capacity is not None else 'none of the swept N'}",
     ]
+    over = result.get("overload")
+    if over:
+        lines += [
+            "",
+            "## Overload (admission control)",
+            "",
+            f"Ceiling {over['ceiling']} calls, {over['offered']} callers at once: "
+            f"{over['admitted']} admitted (p50 {over['p50_ms']:.2f} ms, p99 {over['p99_ms']:.2f} "
+            f"ms, max {over['max_ms']:.1f} ms, {over['lost']} frames lost), {over['refused']} "
+            f"refused with busy TwiML, {over['failed_calls']} failed. The server's /metrics "
+            f"counted {over['metrics_admitted']:.0f} admitted and {over['metrics_refused']:.0f} "
+            f"refused. Goal met: {'yes' if over['healthy'] else 'no'}.",
+        ]
     turn = result.get("turn_latency")
     if turn and turn["sent_ms"]:
         lines += [
@@ -98,6 +187,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"Caller speech onset → `clear` received: p50 {_pct(r, 50):.0f} ms, "
             f"max {max(r):.0f} ms (n = {len(r)}).",
         ]
+    taking = result.get("turn_taking")
+    if taking:
+        lines += _turn_taking_markdown(taking)
     lines += ["", f"Versions: {json.dumps(result['versions'])}", ""]
     path.write_text("\n".join(lines))
 

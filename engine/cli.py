@@ -17,8 +17,10 @@ import trio
 
 from engine.actions import add_action_commands, run_action
 from engine.admission import AdmissionConfig
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.loader import BUNDLED, load_stage_factory
+from engine.media.session import SessionConfig
+from engine.media.vad import TurnConfig
 from engine.server import ServerConfig, TriggerHandler, Triggers, VoiceServer
 
 __all__ = ["main"]
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="run without TWILIO_AUTH_TOKEN: no webhook signature checks (local use only)",
+    )
+    serve.add_argument(
+        "--hangover-ms",
+        type=int,
+        default=TurnConfig().hangover_ms,
+        help="silence that ends the caller's turn, in ms (default %(default)s)",
     )
     serve.add_argument(
         "--max-calls",
@@ -147,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_calls=args.max_calls,
                     max_loop_lag=args.max_loop_lag / 1000 if args.max_loop_lag else None,
                 ),
+                session=SessionConfig(turn=_turn_config(args.hangover_ms)),
                 drain_timeout=args.drain_timeout,
                 shutdown_notice=args.shutdown_notice or None,
                 triggers=Triggers(
@@ -169,6 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voice-engine: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _turn_config(hangover_ms: int) -> TurnConfig:
+    try:
+        return TurnConfig(hangover_ms=hangover_ms)
+    except ValueError as exc:
+        raise ConfigError(f"--hangover-ms: {exc}") from None
 
 
 def _worker_fds(value: str | None) -> tuple[int | None, int | None]:

@@ -60,7 +60,9 @@ def test_serve_refuses_a_bad_pipeline(pipeline: str, message: str) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_ends_in_flight_calls_cleanly(serve, signum: signal.Signals) -> None:
-    server = serve("echo")
+    # A short drain and no notice: the calls are closed "going away" (see test_shutdown.py for
+    # the drain and the spoken notice).
+    server = serve("echo", args=["--drain-timeout", "0.5", "--shutdown-notice", ""])
     async with open_inbound_call(server.url, server.auth_token) as call:
         await call.say(spoken(sentences()[0])[:8000])
         server.process.send_signal(signum)

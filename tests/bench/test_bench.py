@@ -31,7 +31,9 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    result = bench("--calls", "1,3", "--duration", "2", "--no-turns", "--out", str(out))
+    result = bench(
+        "--calls", "1,3", "--duration", "2", "--no-turns", "--overload", "2", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -93,3 +95,70 @@ def test_turn_latency_and_barge_in_are_measured_on_real_speech(tmp_path: Path) -
     # The clear follows the onset of the caller's speech, within the detector's start window
     # plus transport (generous: this is a functional check, the bench reports the number).
     assert len(reaction.reaction_ms) == 1 and 0 < reaction.reaction_ms[0] < 500
+
+
+def test_turn_taking_replay_and_live_are_well_formed_and_add_up(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from bench.report import figures, write_markdown
+    from bench.turn_taking import GOALS, live, run_replay
+    from engine.media.vad import TurnConfig
+
+    config = TurnConfig()
+    taking = run_replay(3, 6.0, config, [300, config.hangover_ms, 800])
+    assert [r.hangover_ms for r in taking.replay_speech] == [300, config.hangover_ms, 800]
+    for run in taking.replay_speech:
+        assert run.sentences == 3 and run.pauses == 6
+        # Every sentence is ended once after its end, plus the premature decisions inside it.
+        assert run.missed == 0 and run.decisions == run.sentences + run.premature
+        assert run.premature <= run.pauses
+        # The replay decides exactly one hangover after the end of speech.
+        assert run.latency_ms == [float(run.hangover_ms)] * run.sentences
+    # A hangover longer than every pause ends no sentence early.
+    assert taking.replay_speech[-1].premature == 0
+    assert [n.noise for n in taking.replay_noise] == ["babble", "street", "fan"]
+    assert all(n.seconds == 6.0 and n.false_barge_ins is None for n in taking.replay_noise)
+
+    server = start_server(
+        "bench.probe:create", cpu=None, media_listener=True, log=tmp_path / "log", hangover_ms=800
+    )
+    try:
+        live(
+            server,
+            taking,
+            hangover_ms=800,
+            sentences=1,
+            noise_listen_s=1.0,
+            noise_talk_s=1.5,
+            onset_trials=1,
+        )
+    finally:
+        assert server.stop() == 0
+    (speech,) = taking.live_speech
+    # Live: one sentence, no pause reaches 800 ms, so one decision, about a hangover after the
+    # end (the emulator sends a frame at its start, so up to a frame early; plus transport).
+    assert (speech.decisions, speech.premature, speech.missed) == (1, 0, 0)
+    assert 800 - 60 <= speech.latency_ms[0] <= 800 + 200
+    assert len(taking.live_noise) == 3
+    for noise in taking.live_noise:
+        assert noise.false_barge_ins is not None and noise.false_barge_ins <= noise.false_starts
+        assert 1.0 <= noise.barge_in_seconds <= 1.6  # the bot did talk over the noise
+    # The clear follows the onset of real speech (functional check; the bench reports it).
+    assert len(taking.onset_to_clear_ms) == 1 and 0 < taking.onset_to_clear_ms[0] < 200
+
+    result = json.loads(json.dumps({"turn_taking": asdict(taking)}))
+    assert result["turn_taking"]["goals"] == GOALS
+    named = figures({"frame_round_trip": [], **result})
+    assert named["turn_taking.live.premature_share[800]"] == 0.0
+    assert "turn_taking.onset_to_clear.p50" in named
+    result |= {
+        "config": {"when": "now", "server_cpu": 0, "generator_cpu": 1, "media_path": "listener"},
+        "machine": {"cpu_model": "test"},
+        "versions": {},
+        "frame_round_trip": [],
+    }
+    write_markdown(result, tmp_path / "results.md")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Turn-taking quality" in markdown
+    assert "| live | 800 ms | 1 | 1 | 0 | 0.0% |" in markdown
+    assert "| fan | live |" in markdown and "goal ≤ 40 ms" in markdown

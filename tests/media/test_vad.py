@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from conftest import sentences, spoken
@@ -124,8 +127,98 @@ def test_long_speech_is_cut_at_max_utterance() -> None:
         {"hangover_ms": 40, "post_roll_ms": 60},
         {"pre_roll_ms": -20},
         {"max_utterance_ms": 15},
+        {"snr_db": 6.0, "hold_snr_db": 9.0},
+        {"hold_snr_db": -1.0},
+        {"floor_window_ms": 0},
+        {"floor_window_ms": 150},
     ],
 )
-def test_bad_config_is_refused(kwargs: dict[str, int]) -> None:
+def test_bad_config_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         TurnConfig(**kwargs)
+
+
+# -- noise at speaking level: the noise-floor gate ----------------------------------------------
+
+
+def _noise(kind: str, seconds: float, rms: float, seed: int = 0) -> npt.NDArray[np.float64]:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 8000)
+    t = np.arange(n) / 8000
+    if kind == "white":
+        x = rng.standard_normal(n)
+    elif kind == "pink":
+        spectrum = np.fft.rfft(rng.standard_normal(n))
+        f = np.maximum(np.fft.rfftfreq(n, 1 / 8000), 20.0)
+        x = np.fft.irfft(spectrum / np.sqrt(f), n)
+    else:  # a hum with harmonics over a little white noise
+        x = 0.1 * rng.standard_normal(n)
+        for k in range(1, 6):
+            x += np.sin(2 * np.pi * 100 * k * t) / k
+    out: npt.NDArray[np.float64] = x * (rms / np.sqrt(np.mean(x**2)))
+    return out
+
+
+def _ulaw(x: npt.NDArray[np.float64]) -> bytes:
+    from engine.media.codec import ulaw_encode
+
+    return ulaw_encode(np.clip(np.round(x), -32768, 32767).astype(np.int16))
+
+
+def _level(ulaw: bytes) -> float:
+    pcm = ulaw_decode(ulaw).astype(np.float64)
+    frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    return float(np.sqrt((frames[rms > 300] ** 2).mean()))
+
+
+@pytest.mark.parametrize("kind", ["white", "pink", "hum"])
+@pytest.mark.parametrize("lead_ms", [0, 500])
+def test_steady_noise_at_speaking_level_starts_at_most_one_short_turn(
+    kind: str, lead_ms: int
+) -> None:
+    # WebRTC's VAD calls all of it speech; the detector may take the noise's onset for speech
+    # once, then the floor catches up and the turn ends: one short turn, never a 30 s one.
+    level = _level(spoken(sentences()[0]))
+    audio = silence(lead_ms) + _ulaw(_noise(kind, 20.0, level))
+    events = run(audio)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    utterances = [e for e in events if isinstance(e, Utterance)]
+    assert len(starts) <= 1, events
+    config = TurnConfig()
+    for u in utterances:
+        assert u.end - u.start <= config.floor_window_ms + config.hangover_ms + 500
+    # And the noise is not "speaking" at the end either.
+    assert len(utterances) == len(starts)
+
+
+def test_without_the_noise_gate_steady_noise_is_one_endless_turn() -> None:
+    # The check above can fail: with the gate off (snr 0 dB), the same noise is a 30 s turn.
+    level = _level(spoken(sentences()[0]))
+    events = run(_ulaw(_noise("pink", 32.0, level)), TurnConfig(snr_db=0.0, hold_snr_db=0.0))
+    utterances = [e for e in events if isinstance(e, Utterance)]
+    assert utterances and utterances[0].end - utterances[0].start == 30_000
+
+
+@pytest.mark.parametrize("snr_db", [20, 30])
+def test_speech_over_a_steady_noise_bed_is_one_turn(snr_db: int) -> None:
+    audio = spoken(sentences()[3])
+    pcm = ulaw_decode(silence(2000) + audio + silence(1500)).astype(np.float64)
+    bed = _noise("pink", len(pcm) / 8000, _level(audio) / 10 ** (snr_db / 20), seed=3)
+    events = run(_ulaw(pcm + bed))
+    # The bed's own onset at 0 ms may start one short turn (see above); the sentence is the next.
+    if events and isinstance(events[1], Utterance) and events[1].end < 2000:
+        events = events[3:]
+    assert [type(e) for e in events] == [SpeechStarted, Utterance, SpeechEnded]
+    started = events[0]
+    assert isinstance(started, SpeechStarted)
+    onset = 2000 + speech_start_ms(audio)
+    assert onset - 100 <= started.timestamp <= onset + 100
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_speech_is_declared_on_its_second_voiced_frame(index: int) -> None:
+    # 40 ms of voice within 100 ms starts speech, so a barge-in's clear can go out within 40 ms.
+    audio = spoken(sentences()[index])
+    started = next(e for e in run(silence(SILENCE_MS) + audio) if isinstance(e, SpeechStarted))
+    assert started.detected_at - started.timestamp == 20
