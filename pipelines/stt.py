@@ -22,7 +22,15 @@ How the phone audio is prepared, and why (numbers: WER on the 20 sentences of
 - The second (flat-lexicon) search pass is off: it costs ~0.4 s at the end of every utterance —
   straight onto turn latency — for no measurable accuracy (0.72 with it, 0.73–0.80 without).
 - At most 3000 active HMMs per frame (default 30 000): decoding takes ~0.2–0.25 s of CPU per
-  second of speech instead of ~0.35–0.5, at no cost in accuracy (0.71–0.73).
+  second of speech instead of ~0.35–0.5, at no cost in accuracy (0.71–0.76).
+- Tried and not kept (issue #4; each measured on the test set and on 10 other sentences in
+  another eSpeak voice and speed, with a cepstral-mean prior re-measured for every front end;
+  run-to-run spread is ±0.04, so these are all "no change" or worse):
+  the narrowband filter bank (``upperf`` 3500–4000, ``samprate`` 8000, set after the model's
+  ``feat.params`` with ``reinit_feat``) 0.95–1.0; filling the empty 4–8 kHz band with noise
+  or a mirrored copy of 2.5–4 kHz 0.68–0.79; ``remove_noise`` off, ``lw`` 5–10, ``wip`` 0.2
+  0.68–0.79; the flat-lexicon pass or 30 000 HMMs 0.74–0.77. The same model on the same
+  sentences as clean 16 kHz audio scores 0.36–0.38, so the 0.35 target is out of reach for it.
 
 Decoders are slow to build (~0.35 s: acoustic model and dictionary) and cannot share their model
 through the Python API, so finished recognizers hand theirs back to a process-wide pool
