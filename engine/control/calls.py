@@ -76,7 +76,10 @@ class CallStatusBoard:
             call_sid,
             status,
             sequence,
-            int(duration) if duration and duration.isdigit() else None,
+            # ASCII digits only: "²".isdigit() is True, and int() takes at most 4300 digits.
+            int(duration)
+            if duration and duration.isascii() and duration.isdigit() and len(duration) <= 18
+            else None,
             fields.get("Direction"),
         )
         self._latest[call_sid] = update
@@ -184,10 +187,18 @@ async def _wait_for_end(
             continue
         if trio.current_time() >= deadline:
             return await _hang_up(client, call_sid)
-        resource = await client.request("GET", path)
+        poll_every = min(max_poll, poll_every * 2)
+        try:
+            resource = await client.request("GET", path)
+        except TwilioAPIError as exc:
+            if exc.status != 0 and exc.status < 500:
+                raise
+            # A server error or no answer on a read: the call goes on either way, so ask again
+            # later rather than abandon it (and its maxDuration) to run unwatched.
+            log.warning("call %s: status poll failed (%s); polling on", call_sid, exc)
+            continue
         if resource.get("status") in FINAL_STATUSES:
             return _outcome(resource)
-        poll_every = min(max_poll, poll_every * 2)
 
 
 async def _hang_up(client: TwilioClient, call_sid: str) -> dict[str, Any]:
