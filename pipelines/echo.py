@@ -1,8 +1,8 @@
 """``echo``: every inbound 20 ms frame goes straight back — the round-trip probe.
 
-No turn detection, no barge-in, no pacing, no transcoding: the caller's μ-law bytes are queued
-for playout as they arrive, so the time from a frame's send to its echo is the engine's own
-turnaround.
+No turn detection, no barge-in, no pacing, no transcoding: the caller's μ-law bytes are played
+back from the call's reader task as they arrive (``inline_audio``; playout's fast lane writes
+them at once), so the time from a frame's send to its echo is the engine's own turnaround.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Echo(Stage):
     turn_detection = False
     barge_in = False
     paced = False
+    inline_audio = True
 
     async def on_audio(self, call: CallContext, audio: Audio) -> None:
         """Send the frame back unchanged."""

@@ -71,6 +71,11 @@ class FrameChannel(Generic[T]):
             closed=self._closed,
         )
 
+    @property
+    def buffered(self) -> int:
+        """Items queued now (cheap: for per-frame checks, where :meth:`statistics` is not)."""
+        return len(self._items)
+
     def _make_room(self, item: T) -> bool:
         if len(self._items) < self._max:
             return True

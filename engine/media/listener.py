@@ -1,9 +1,10 @@
 """A dedicated WebSocket listener for media streams: trio sockets and wsproto, nothing between.
 
 Every inbound frame of every call crosses the media socket, so its path is kept short: the
-call's reader task reads the TCP stream itself, feeds wsproto, and gets the messages — no
-per-connection reader task, no channel hop, no per-read timeout scope. Sends are serialized by a
-lock (playout is the only regular writer; the reader answers pings and closes).
+call's reader task reads the socket itself and gets the messages — no per-connection reader
+task, no channel hop, no per-read timeout scope — and the common frames (the client's masked
+text frames, the server's text frames) skip wsproto (:mod:`engine.media.wsframe`). Writes go
+out in order, at once while the kernel takes them (see :class:`WsprotoMediaSocket`).
 
 :func:`serve_media` accepts connections, checks the upgrade (path and an ``authorize_upgrade``
 callback, e.g. the Twilio signature) and hands each accepted :class:`WsprotoMediaSocket` to a
@@ -25,7 +26,6 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Message,
     Ping,
     RejectConnection,
     Request,
@@ -34,6 +34,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR, ConnectionClosed
+from engine.media.wsframe import FastFrameDecoder, text_frame
 
 __all__ = ["UpgradeCheck", "WsprotoMediaSocket", "serve_media"]
 
@@ -48,38 +49,73 @@ UpgradeCheck = Callable[[str, Mapping[str, str]], bool]
 
 
 class WsprotoMediaSocket:
-    """A server-side WebSocket on a trio stream (a :class:`~engine.media.session.MediaSocket`)."""
+    """A server-side WebSocket on a connected socket (a :class:`~engine.media.session.MediaSocket`).
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection, max_message_bytes: int) -> None:
-        self._stream = stream
+    The common frames skip wsproto (:mod:`engine.media.wsframe`): the client's complete masked
+    text frames are decoded, and text frames sent, in a few lines; wsproto keeps everything
+    else. The socket is driven directly (``wait_readable`` then one ``recv``; ``send`` at once
+    while the kernel takes it), so a frame costs one wake-up of the reader, not the several
+    checkpoints of a ``trio.SocketStream``. Writes that find the kernel's buffer full queue in
+    order behind a flush that waits for the socket, and hold their writer until it is done.
+    """
+
+    def __init__(
+        self, sock: socket.socket, ws: WSConnection, max_message_bytes: int, first: bytes = b""
+    ) -> None:
+        """``first``: bytes of the stream already read past the handshake."""
+        sock.setblocking(False)
+        self._sock = sock
         self._ws = ws
         self._max = max_message_bytes
+        self._fast = FastFrameDecoder(max_message_bytes)
         self._ready: deque[str | bytes] = deque()
         self._partial: list[str | bytes] = []
         self._partial_size = 0
-        self._send_lock = trio.Lock()
+        self._unsent = bytearray()
+        self._flush_lock = trio.Lock()
         self._closed = False
+        self._released = False
+        self._first = first
+
+    @property
+    def pending(self) -> int:
+        """Messages already received and not yet taken by :meth:`receive`."""
+        return len(self._ready)
 
     async def receive(self) -> str | bytes:
         """The next complete message; :class:`ConnectionClosed` once the peer is gone."""
         while not self._ready:
             if self._closed:
                 raise ConnectionClosed(None, "closed")
+            data = self._first or await self._recv()
+            self._first = b""
             try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                for item in self._fast.feed(data):
+                    if isinstance(item, str):
+                        self._ready.append(item)
+                    else:
+                        self._ws.receive_data(item)
+                        await self._handle_events()
+            except RemoteProtocolError as exc:
+                await self.close(CLOSE_PROTOCOL_ERROR, "bad WebSocket framing")
+                raise ConnectionClosed(None, f"bad framing: {exc}") from exc
+        return self._ready.popleft()
+
+    async def _recv(self) -> bytes:
+        sock = self._sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
                 self._closed = True
                 raise ConnectionClosed(None, "connection lost") from exc
             if not data:
                 self._closed = True
                 raise ConnectionClosed(None, "connection lost")
-            try:
-                self._ws.receive_data(data)
-                await self._handle_events()
-            except RemoteProtocolError as exc:
-                await self.close(CLOSE_PROTOCOL_ERROR, "bad WebSocket framing")
-                raise ConnectionClosed(None, f"bad framing: {exc}") from exc
-        return self._ready.popleft()
+            return data
 
     async def _handle_events(self) -> None:
         for event in self._ws.events():
@@ -104,55 +140,81 @@ class WsprotoMediaSocket:
                     else:
                         self._ready.append(b"".join(p for p in parts if isinstance(p, bytes)))
             elif isinstance(event, Ping):
-                await self._send_raw(self._ws.send(event.response()))
+                await self._write(self._ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 if not self._closed:
                     self._closed = True
                     with contextlib.suppress(ConnectionClosed):
-                        await self._send_raw(self._ws.send(event.response()))
-                    await self._stream.aclose()
+                        await self._write(self._ws.send(event.response()), closing=True)
+                    self._release()
                 raise ConnectionClosed(event.code, event.reason or "")
 
-    async def _send_raw(self, data: bytes) -> None:
-        async with self._send_lock:
+    async def _write(self, data: bytes, *, closing: bool = False) -> None:
+        """Write ``data`` after everything written before it; no checkpoint if the kernel
+        takes it at once."""
+        if self._closed and not closing:
+            raise ConnectionClosed(None, "closed")
+        if not self._unsent:
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
                 self._closed = True
                 raise ConnectionClosed(None, "connection lost") from exc
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._unsent += data
+        async with self._flush_lock:  # the first waiter flushes what every writer queued
+            while self._unsent:
+                await trio.lowlevel.wait_writable(self._sock)
+                try:
+                    sent = self._sock.send(self._unsent)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._closed = True
+                    self._unsent.clear()
+                    raise ConnectionClosed(None, "connection lost") from exc
+                del self._unsent[:sent]
 
     async def send(self, message: str) -> None:
         """Send one text message."""
-        if self._closed:
-            raise ConnectionClosed(None, "closed")
-        try:
-            data = self._ws.send(Message(data=message))
-        except LocalProtocolError as exc:
-            raise ConnectionClosed(None, "closing") from exc
-        await self._send_raw(data)
+        await self._write(text_frame(message))
+
+    async def send_many(self, messages: list[str]) -> None:
+        """Send text messages in order, in one write."""
+        await self._write(b"".join([text_frame(m) for m in messages]))
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame and close the TCP stream; quiet if the peer is already gone."""
+        """Send a close frame and close the TCP connection; quiet if the peer is already gone."""
         if self._closed:
+            self._release()
             return
         self._closed = True
         reason = reason.encode()[:123].decode(errors="ignore")
         # Shielded and bounded: the call may be cancelled around us, the close still goes out.
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT):
             try:
-                data = self._ws.send(CloseConnection(code=code, reason=reason))
-                async with self._send_lock:
-                    await self._stream.send_all(data)
+                await self._write(
+                    self._ws.send(CloseConnection(code=code, reason=reason)), closing=True
+                )
                 # The closing handshake: read (and drop) until the peer's close frame, so
                 # unread input does not make the kernel answer with a reset instead; then the
                 # server closes the TCP connection first (RFC 6455 §7.1.1).
-                while (chunk := await self._stream.receive_some(RECEIVE_BYTES)) and not any(
-                    isinstance(e, CloseConnection) for e in self._receive_quietly(chunk)
-                ):
-                    pass
-            except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = self._fast.detach()
+                while not any(isinstance(e, CloseConnection) for e in self._receive_quietly(chunk)):
+                    chunk = await self._recv()
+            except (LocalProtocolError, ConnectionClosed):
                 pass
-        await self._stream.aclose()
+        self._release()
 
     def _receive_quietly(self, data: bytes) -> list[object]:
         try:
@@ -164,28 +226,39 @@ class WsprotoMediaSocket:
 
 async def _handshake(
     stream: trio.SocketStream, ws: WSConnection, path: str, check: UpgradeCheck
-) -> bool:
-    """Read the upgrade request and answer it; whether the socket was accepted."""
+) -> bytes | None:
+    """Read the upgrade request and answer it; the bytes read past the request (the first
+    frames) if the socket was accepted, else ``None``. wsproto sees only the request."""
     request: Request | None = None
+    head = b""
     with trio.move_on_after(HANDSHAKE_TIMEOUT):
         while request is None:
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
-                return False
-            ws.receive_data(data)
+                return None
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(head) > RECEIVE_BYTES:
+                    return None
+                continue
+            head, data = head[: end + 4], head[end + 4 :]
+            ws.receive_data(head)
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
+            if request is None:
+                return None
     if request is None:
-        return False
+        return None
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
     if request.target.split("?", 1)[0] != path:
         await stream.send_all(ws.send(RejectConnection(status_code=404)))
-        return False
+        return None
     if not check(request.target, headers):
         log.warning("media stream refused: bad X-Twilio-Signature on the handshake")
         await stream.send_all(ws.send(RejectConnection(status_code=403)))
-        return False
+        return None
     await stream.send_all(ws.send(AcceptConnection()))
-    return True
+    return data
 
 
 async def _accept(
@@ -197,23 +270,24 @@ async def _accept(
 ) -> None:
     ws = WSConnection(ConnectionType.SERVER)
     try:
-        accepted = await _handshake(stream, ws, path, check)
+        first = await _handshake(stream, ws, path, check)
     except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.info("media handshake failed: %s", exc)
-        accepted = False
-    if not accepted:
+        first = None
+    if first is None:
         await stream.aclose()
         return
-    socket = WsprotoMediaSocket(stream, ws, max_message_bytes)
+    # The call drives the socket itself from here (see WsprotoMediaSocket).
+    sock = socket.socket(fileno=stream.socket.detach())
+    await stream.aclose()
+    media_socket = WsprotoMediaSocket(sock, ws, max_message_bytes, first)
     try:
-        # Frames that came in the same read as the handshake are already in wsproto.
-        await socket._handle_events()
-        await handler(socket)
+        await handler(media_socket)
     except ConnectionClosed:
         pass
     finally:
         with trio.CancelScope(shield=True):
-            await socket.close(1001)
+            await media_socket.close(1001)
 
 
 async def serve_media(

@@ -88,6 +88,7 @@ _MAX_DIGITS: Final = 19
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
 _loads = json.loads
+_json_string = json.encoder.encode_basestring_ascii  # as json.dumps writes a str
 
 _MEDIA_TRACKS: Final = ("inbound", "outbound")
 _MAX_EVENT_NAME: Final = 100
@@ -596,6 +597,14 @@ def media_message(stream_sid: str, payload: bytes | bytearray | memoryview) -> s
 
 def mark_message(stream_sid: str, name: str) -> str:
     """The ``mark`` message (§1.3): Twilio echoes ``name`` once the audio before it has played."""
+    if stream_sid.isascii() and stream_sid.isalnum():  # spliced as media_message does
+        return (
+            '{"event":"mark","streamSid":"'
+            + stream_sid
+            + '","mark":{"name":'
+            + _json_string(name)
+            + "}}"
+        )
     return dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import Protocol
 
 import trio
@@ -42,18 +43,31 @@ from engine.media.frames import (
     Interrupt,
     MarkEcho,
     PlayAudio,
+    SpeechEnded,
     SpeechStarted,
 )
-from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
+from engine.media.playout import (
+    PlayoutConfig,
+    PlayoutCore,
+    PlayoutStatistics,
+    PlayoutWriter,
+    run_playout,
+)
 from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Start, Stop
 from engine.media.protocol import Dtmf as DtmfEvent
 from engine.media.stage import CallContext, Stage
 from engine.media.vad import TurnConfig, TurnDetector
-from engine.metrics import CallCounts
+from engine.metrics import FRAME_STEP, CallCounts
 
 __all__ = ["Authorizer", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
 
 log = logging.getLogger(__name__)
+
+SAMPLE_EVERY = 64
+"""One inbound message in this many per call has its steps timed (``FRAME_STEP``)."""
+_DECODE = FRAME_STEP.labels("decode")
+_VAD = FRAME_STEP.labels("vad")
+_STAGE = FRAME_STEP.labels("stage")
 
 
 class MediaSocket(Protocol):
@@ -131,6 +145,7 @@ class CallSession:
         config: SessionConfig | None = None,
     ) -> None:
         self._socket = socket
+        self._batched = hasattr(socket, "send_many")  # e.g. the dedicated listener's sockets
         self._select_stage = select_stage
         self._authorize = authorize
         self.config = config or SessionConfig()
@@ -243,6 +258,7 @@ class CallSession:
             paced=self.config.playout.paced and stage.paced,
         )
         self._playout = PlayoutCore(start.stream_sid, playout_config)
+        writer = PlayoutWriter(self._playout, self._playout_inbox, self._send_many)
         call = CallContext(
             call_sid=start.call_sid,
             stream_sid=start.stream_sid,
@@ -250,11 +266,13 @@ class CallSession:
             parameters=parameters,
             inbox=self._stage_inbox,
             playout=self._playout_inbox,
+            play_now=writer.play_now,
+            reserve=writer.reserve,
         )
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_stage)
-            nursery.start_soon(self._read, stage)
+            nursery.start_soon(self._read, stage, call, writer)
             nursery.start_soon(self._run_stage, stage, call)
             nursery.start_soon(
                 run_playout,
@@ -263,11 +281,24 @@ class CallSession:
                 self._send,
                 self._stage_inbox,
                 self._on_hang_up,
+                writer,
             )
 
     async def _send(self, message: str) -> None:
         try:
             await self._socket.send(message)
+        except ConnectionClosed as exc:
+            self.end("peer-closed", None, str(exc))
+            await trio.lowlevel.checkpoint()
+
+    async def _send_many(self, messages: list[str]) -> None:
+        socket = self._socket
+        try:
+            if self._batched:
+                await socket.send_many(messages)  # type: ignore[attr-defined]
+            else:
+                for message in messages:
+                    await socket.send(message)
         except ConnectionClosed as exc:
             self.end("peer-closed", None, str(exc))
             await trio.lowlevel.checkpoint()
@@ -306,17 +337,26 @@ class CallSession:
                 self.end("stage-stalled", CLOSE_INTERNAL_ERROR, "the stage stopped responding")
                 return
 
-    async def _read(self, stage: Stage) -> None:
+    async def _read(self, stage: Stage, call: CallContext, writer: PlayoutWriter) -> None:
         parser = self._parser
         receive = self._socket.receive
         detector = TurnDetector(self.config.turn) if stage.turn_detection else None
         to_stage = self._stage_inbox
         to_playout = self._playout_inbox
-        wants_audio = stage.receives_audio
+        inline = stage.on_audio if stage.inline_audio else None
+        wants_audio = stage.receives_audio and inline is None
+        # Step timings for the metrics, on one inbound message in SAMPLE_EVERY.
+        tick = 0
+        t0 = t1 = 0.0
         try:
             while True:
+                message = await receive()
+                tick += 1
+                sample = not tick % SAMPLE_EVERY
+                if sample:
+                    t0 = perf_counter()
                 try:
-                    event = parser.receive(await receive())
+                    event = parser.receive(message)
                 except UnknownEventError as exc:
                     log.info("call %s: ignoring %s", self.call_sid, exc)
                     continue
@@ -324,15 +364,44 @@ class CallSession:
                     if event.track != "inbound":
                         continue
                     pcm = ulaw_decode(event.payload)
-                    if wants_audio:
+                    if sample:
+                        t1 = perf_counter()
+                        _DECODE.observe(t1 - t0)
+                        if (inline is not None or wants_audio) and not writer.sampled_at:
+                            writer.sampled_at = t0
+                    if inline is not None and not self._winding_down:
+                        try:
+                            await inline(call, Audio(event.payload, pcm, event.timestamp))
+                        except Exception as exc:
+                            log.exception("stage of call %s failed", self.call_sid)
+                            self.end(
+                                "stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+                            )
+                            return
+                        if sample:
+                            _STAGE.observe(max(0.0, perf_counter() - t1 - writer.reply_s))
+                            writer.reply_s = 0.0
+                    elif wants_audio:
                         to_stage.send_nowait(Audio(event.payload, pcm, event.timestamp))
                     if detector is not None:
-                        for turn_event in detector.process(pcm, event.timestamp):
+                        if sample:
+                            t1 = perf_counter()
+                        turn_events = detector.process(pcm, event.timestamp)
+                        if sample:
+                            _VAD.observe(perf_counter() - t1)
+                        for turn_event in turn_events:
                             if type(turn_event) is SpeechStarted:
+                                writer.turn_ended_at = 0.0
                                 await to_playout.send(turn_event)
+                            elif type(turn_event) is SpeechEnded:
+                                writer.turn_ended_at = perf_counter()
                             await to_stage.send(turn_event)
                 elif type(event) is Mark:
-                    await to_playout.send(MarkEcho(event.name))
+                    done = writer.mark_now(event.name)
+                    if done is False:
+                        await to_playout.send(MarkEcho(event.name))
+                    elif done is not None:
+                        await to_stage.send(done)
                 elif type(event) is DtmfEvent:
                     await to_stage.send(Dtmf(event.digit))
                 elif type(event) is Stop:

@@ -21,7 +21,7 @@ call ends, ``run`` is cancelled. An exception in a stage ends its own call, neve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -59,6 +59,8 @@ class CallContext:
         parameters: Mapping[str, str],
         inbox: FrameChannel[Frame],
         playout: FrameChannel[Frame],
+        play_now: Callable[[PlayAudio], Awaitable[bool]] | None = None,
+        reserve: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -67,6 +69,8 @@ class CallContext:
         """The verified custom ``<Parameter>`` values of the stream (the token removed)."""
         self._inbox = inbox
         self._playout = playout
+        self._play_now = play_now
+        self._reserve = reserve
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._inbox.__aiter__()
@@ -78,20 +82,30 @@ class CallContext:
     async def play(self, pcm: PCM, *, rate: int = SAMPLE_RATE, label: str = "") -> None:
         """Queue int16 mono audio at ``rate`` Hz for the caller, under a reply ``label``.
 
-        Waits while playout's queue is full, so a fast producer is paced by the call.
+        Waits while playout holds its fill of audio (``PlayoutConfig.max_queued_ms``), so a
+        producer faster than real time is paced by the call and its memory stays bounded.
         """
         if pcm.dtype != np.int16:
             raise TypeError(f"play() takes int16 samples, not {pcm.dtype}")
         if rate != SAMPLE_RATE:
             pcm = resample(pcm, rate, SAMPLE_RATE)
-        await self._playout.send(PlayAudio(ulaw_encode(pcm), label))
+        ulaw = ulaw_encode(pcm)
+        if self._reserve is not None:
+            await self._reserve(len(ulaw))
+        await self._playout.send(PlayAudio(ulaw, label))
 
     async def play_ulaw(self, ulaw: bytes, *, label: str = "") -> None:
         """Queue 8 kHz μ-law bytes for the caller as they are (no transcoding).
 
-        On the per-frame path (echo, speech-to-speech) this skips the scheduler when playout
-        has room: it only waits — and so only checkpoints — when playout's queue is full.
+        On the per-frame path (echo, speech-to-speech) this skips the scheduler: unpaced audio
+        with nothing ahead of it is written to the socket right here, and otherwise it only
+        waits — and so only checkpoints — when playout is full, as :meth:`play` does.
         """
+        play_now = self._play_now
+        if play_now is not None and await play_now(PlayAudio(ulaw, label)):
+            return
+        if self._reserve is not None:
+            await self._reserve(len(ulaw))
         try:
             self._playout.send_nowait(PlayAudio(ulaw, label))
         except trio.WouldBlock:
@@ -125,12 +139,18 @@ class Stage:
       this off and calls :meth:`CallContext.interrupt`.
     - ``paced``: keep only a small lead of audio queued at Twilio (default on). A stage whose
       audio comes in real time (echo) turns it off so nothing waits.
+    - ``inline_audio``: call :meth:`on_audio` for every inbound frame right in the call's
+      reader task, instead of queueing :class:`Audio` for :meth:`run` (default off). It saves
+      a task switch per frame, for per-frame work that never waits long (echo, a meter, a
+      hand-off to a bounded queue of your own); while it runs, the call reads nothing. An
+      exception in it ends the call as one in :meth:`run` does.
     """
 
     receives_audio: ClassVar[bool] = False
     turn_detection: ClassVar[bool] = True
     barge_in: ClassVar[bool] = True
     paced: ClassVar[bool] = True
+    inline_audio: ClassVar[bool] = False
 
     async def run(self, call: CallContext) -> None:
         """Handle the call's frames until it ends; the default dispatches to ``on_*``."""

@@ -429,6 +429,44 @@ def test_after_barge_in_new_audio_plays_under_generation_1() -> None:
     assert core.on_mark(names[-1], 0.6) == PlaybackDone(label="b", heard_ms=250)
 
 
+@pytest.mark.parametrize(
+    ("late", "plays"),
+    [
+        ("a", False),  # the rest of the cut reply, still trickling in: dropped
+        ("b", True),  # a new reply
+        ("", True),  # unlabelled audio is never taken for the cut reply
+    ],
+)
+def test_audio_of_the_cut_reply_arriving_after_the_cut_is_dropped(late: str, plays: bool) -> None:
+    core = PlayoutCore(SID)
+    core.enqueue(PlayAudio(ulaw(8000), "a"))
+    pump_every_frame(core, until=0.3)
+    assert core.barge_in(0.3) is not None
+    core.enqueue(PlayAudio(ulaw(800, seed=3), late))
+    assert core.statistics().queued_ms == (100 if plays else 0)
+
+
+def test_a_new_label_ends_the_drop_so_the_cut_label_may_come_back() -> None:
+    core = PlayoutCore(SID)
+    core.enqueue(PlayAudio(ulaw(800), "a"))
+    assert core.barge_in(0.0) is not None
+    core.enqueue(PlayAudio(ulaw(800), "a"))
+    core.enqueue(PlayAudio(ulaw(800), "b"))
+    core.enqueue(PlayAudio(ulaw(800), "a"))
+    assert core.statistics().queued_ms == 200
+
+
+@pytest.mark.parametrize(
+    ("queued_ms", "pending_ms", "room"),
+    [(0, 0, True), (1990, 0, True), (2000, 0, False), (1000, 999, True), (1000, 1000, False)],
+)
+def test_playout_has_room_below_max_queued(queued_ms: int, pending_ms: int, room: bool) -> None:
+    core = PlayoutCore(SID, PlayoutConfig(max_queued_ms=2000))
+    if queued_ms:
+        core.enqueue(PlayAudio(ulaw(queued_ms * BYTES_PER_MS), "a"))
+    assert core.has_room(pending_ms * BYTES_PER_MS) is room
+
+
 def test_barge_in_counts_only_the_current_label() -> None:
     core = PlayoutCore(SID)
     core.enqueue(PlayAudio(ulaw(3200, seed=1), "A"))  # 400 ms

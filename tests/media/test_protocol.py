@@ -761,3 +761,20 @@ def test_media_message_is_compact_text() -> None:
 
 def test_media_message_escapes_a_non_alphanumeric_sid() -> None:
     assert json.loads(media_message('M"Z\\', b"\x01"))["streamSid"] == 'M"Z\\'
+
+
+@pytest.mark.parametrize(
+    ("stream_sid", "name"),
+    [
+        (SID, "0.800"),
+        (SID, ""),
+        (SID, 'quote " backslash \\ newline \n nul \x00'),
+        (SID, "é ✓ \u2028 \ud83d"),
+        ("MZ not alnum", "n"),
+    ],
+)
+def test_mark_message_is_exactly_compact_json(stream_sid: str, name: str) -> None:
+    expected = json.dumps(
+        {"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}, separators=(",", ":")
+    )
+    assert mark_message(stream_sid, name) == expected
