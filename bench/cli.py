@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.engine_metrics import histograms, scrape, summarize
 from bench.overload import overload
 from bench.procs import start_server, usable_cpus
 from bench.report import compare, write_markdown, write_plots
@@ -160,6 +161,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
             if steps[-1].p99_ms > 1000 or steps[-1].failed_calls > n // 2:
                 break  # far past the knee: more calls only take longer to say the same
+        # The server's own sampled timings of each step of the media path, over the sweep.
+        result["frame_steps"] = summarize(histograms(scrape(server.url)))
         if args.full:
             progress.step("long run, RSS over time")
             series: list[tuple[float, int]] = []

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.engine_metrics import counters, scrape
 from bench.procs import run_generator, start_server
 
 __all__ = ["Overload", "overload"]
@@ -56,15 +55,6 @@ class Overload:
         )
 
 
-def _counters(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
-
-
 def overload(
     ceiling: int,
     excess: int,
@@ -87,7 +77,7 @@ def overload(
     try:
         offered = ceiling + excess
         result = run_generator(server, offered, duration, cpu=generator_cpu, audio=audio)
-        counters = _counters(server.url)
+        totals = counters(scrape(server.url))
     finally:
         server.stop()
     rtt = np.asarray(result["rtt_ms"], dtype=float)
@@ -107,6 +97,6 @@ def overload(
         p50_ms=float(np.percentile(rtt, 50)),
         p99_ms=float(np.percentile(rtt, 99)),
         max_ms=float(rtt.max()),
-        metrics_admitted=counters.get("voice_engine_calls_admitted_total", 0.0),
-        metrics_refused=counters.get("voice_engine_calls_refused_total", 0.0),
+        metrics_admitted=totals.get("voice_engine_calls_admitted_total", 0.0),
+        metrics_refused=totals.get("voice_engine_calls_refused_total", 0.0),
     )

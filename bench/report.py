@@ -152,6 +152,27 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost): "
         f"{capacity if capacity is not None else 'none of the swept N'}",
     ]
+    frame_steps = result.get("frame_steps")
+    if frame_steps:
+        lines += [
+            "",
+            "## Per-step time inside the engine (server's sampled histograms, over the sweep)",
+            "",
+            "| step | samples | mean µs | p50 µs | p99 µs |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {h['samples']} | {h['mean_us']:.1f} | {h['p50_us']:.1f} | "
+            f"{h['p99_us']:.1f} |"
+            for name, h in frame_steps.items()
+        ]
+        lines += [
+            "",
+            "decode = parse JSON + base64 + μ-law; vad = turn detector; stage = the stage's own "
+            "handling; encode = playout building the outbound message; socket = writing it; "
+            "round-trip = inbound frame read → its echo written (percentiles interpolated "
+            "within histogram buckets).",
+        ]
     over = result.get("overload")
     if over:
         lines += [
@@ -226,6 +247,22 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
     made.append(folder / "p99_cpu.png")
     fig.savefig(made[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+    frame_steps = result.get("frame_steps") or {}
+    if frame_steps:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, h in frame_steps.items():
+            bounds = [b if b != float("inf") else h["bounds_us"][-2] * 2 for b in h["bounds_us"]]
+            total = sum(h["counts"]) or 1
+            ax.step(bounds, [c / total for c in h["counts"]], where="pre", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("time per frame (µs, bucket upper bound, log)")
+        ax.set_ylabel("share of sampled frames")
+        ax.set_title("Per-step time inside the engine (sampled)")
+        ax.legend()
+        made.append(folder / "frame_steps.png")
+        fig.savefig(made[-1], dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
     series = result.get("rss_series") or []
     if series:

@@ -51,7 +51,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of :func:`render`'s output."""
 
 _MS = 0.001
-_ROUND_TRIP_BUCKETS = tuple(x * _MS for x in (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100, 250))
+_ROUND_TRIP_BUCKETS = tuple(
+    x * _MS for x in (0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100, 250)
+)
 _STEP_BUCKETS = tuple(x * 1e-6 for x in (2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
 _TURN_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
 

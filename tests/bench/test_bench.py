@@ -61,6 +61,12 @@ def test_every_frame_is_accounted_for_and_the_figures_are_sane(tiny_run: Path) -
         assert step["generator_lateness_p99_ms"] is not None
         assert step["late"] <= step["frames_sent"]
     assert result["capacity"] in (None, 1, 3)
+    # The server's own sampled step timings came back from its /metrics.
+    steps = result["frame_steps"]
+    assert {"decode", "stage", "socket", "round-trip"} <= set(steps)
+    for step in steps.values():
+        assert step["samples"] == sum(step["counts"]) > 0
+        assert step["p50_us"] <= step["p99_us"]
 
 
 def test_compare_prints_ratios_against_an_earlier_run(tiny_run: Path, tmp_path: Path) -> None:
