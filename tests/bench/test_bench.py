@@ -44,7 +44,7 @@ def test_the_report_folder_holds_json_markdown_and_plots(tiny_run: Path) -> None
     assert set(result["versions"]) >= {"python", "trio", "wsproto"}
     markdown = (tiny_run / "results.md").read_text()
     assert "| 1 |" in markdown and "| 3 |" in markdown and "Capacity" in markdown
-    for name in ("rtt_cdf.png", "p99_cpu.png"):
+    for name in ("rtt_cdf.png", "p99_cpu.png", "frame_steps.png"):
         assert (tiny_run / name).read_bytes()[:8] == PNG
 
 
