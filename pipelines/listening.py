@@ -1,12 +1,13 @@
 """How the speech-to-text agents (``local``, ``llm``) hear the caller.
 
-Audio goes to a :class:`~pipelines.stt.Recognizer` only between ``SpeechStarted`` (with a
-pre-roll from before it) and the ``Utterance`` that ends the turn, in batches, and the final
-hypothesis is the transcript. The frame loop calls :class:`Listener`'s ``on_*`` methods, which
-queue :data:`Work`; the agent's listening task takes everything queued with
-:meth:`Listener.next_work` and runs :meth:`Listener.recognize` on it in a worker thread. Audio
-queued while recognition is busy is merged into one :class:`Feed`, so the queue holds at most a
-few items per turn however far recognition falls behind.
+Audio goes to a :class:`~pipelines.stt.SpeechRecognizer` (by default a
+:class:`~pipelines.recognition.RemoteRecognizer`, decoding in a worker process) only between
+``SpeechStarted`` (with a pre-roll from before it) and the ``Utterance`` that ends the turn, in
+batches, and the final hypothesis is the transcript. The frame loop calls :class:`Listener`'s
+``on_*`` methods, which queue :data:`Work`; the agent's listening task takes everything queued
+with :meth:`Listener.next_work` and runs :meth:`Listener.recognize` on it in a worker thread.
+Audio queued while recognition is busy is merged into one :class:`Feed`, so the queue holds at
+most a few items per turn however far recognition falls behind.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import trio
 
 from engine.media.frames import PCM, Audio, SpeechStarted
-from pipelines.stt import Recognizer
+from pipelines.stt import SpeechRecognizer
 
 __all__ = ["EndOfTurn", "Feed", "Listener", "Work"]
 
@@ -55,7 +56,7 @@ class Listener:
     the caller speaks, and the call's recognizer (made on first use, in a worker thread)."""
 
     def __init__(
-        self, make_recognizer: Callable[[], Recognizer], *, batch_ms: int, pre_roll_ms: int
+        self, make_recognizer: Callable[[], SpeechRecognizer], *, batch_ms: int, pre_roll_ms: int
     ) -> None:
         """Listen in batches of ``batch_ms``, starting ``pre_roll_ms`` before ``SpeechStarted``."""
         self._make_recognizer = make_recognizer
@@ -65,7 +66,7 @@ class Listener:
         self._batch: list[PCM] = []
         self._speaking = False
         self._begin_next = False
-        self.recognizer: Recognizer | None = None
+        self.recognizer: SpeechRecognizer | None = None
         """The call's recognizer, once made; :meth:`aclose` closes it."""
         self._work: deque[Work] = deque()
         self._queued = trio.Event()

@@ -16,18 +16,18 @@ Per call::
   the rest of the reply is made. Barge-in (:class:`~engine.media.frames.Interrupted`) stops the
   production of that reply; a newer turn supersedes an older reply still being made.
 - Every heavy step (decoding, TTS, resampling, the responder) runs in a worker thread under one
-  process-wide :func:`heavy_work_limiter`. PocketSphinx holds the GIL while it decodes, which
-  :class:`~pipelines.stt.Recognizer` bounds by decoding in 40 ms slices.
+  process-wide :func:`heavy_work_limiter`. PocketSphinx holds the GIL while it decodes, so the
+  decoding itself happens in recognizer worker processes (:mod:`pipelines.recognition`; the
+  thread only waits for them), unless ``VOICE_ENGINE_STT_PROCESSES=0``.
 - Logged at INFO for each turn: ``call <sid>: heard "<transcript>"``, ``call <sid>: reply
   "<text>"``, and the turn latency (end of turn → first reply audio queued).
 - If recognition, the responder or TTS fails, the caller hears a short apology and the agent hangs
   up (close 1000); only that call is affected.
 
-Capacity: decoding costs ~0.2 s of CPU per second of speech and PocketSphinx holds the GIL while
-it runs, so all calls of one server process share one core for recognition. On a 2-core machine,
-with warm decoders, up to three callers talking at once hear a reply ~0.6 s after they stop
-(of which the agent's own share is ~0.1–0.15 s, the rest is the end-of-turn hangover and
-playout); with four the reply slips to ~0.75–1 s. More needs recognition in worker processes.
+Capacity: decoding costs ~0.2 s of CPU per second of speech. In-process, PocketSphinx holds the
+GIL while it runs, so all calls of one server process share one core for recognition and stall
+each other's audio; in worker processes (the default) recognition spreads over the cores
+:func:`~pipelines.recognition.configured_processes` gives it, and the event loop stays free.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechSta
 from engine.media.stage import CallContext, Stage
 from engine.tts import synthesize, synthesize_chunks
 from pipelines.listening import Listener
+from pipelines.recognition import make_recognizer, preload
 from pipelines.responder import Responder, RuleResponder
-from pipelines.stt import Recognizer, preload
+from pipelines.stt import SpeechRecognizer
 
 __all__ = ["APOLOGY", "PRELOADED_DECODERS", "LocalAgent", "create", "heavy_work_limiter"]
 
@@ -55,8 +56,8 @@ APOLOGY = "Sorry, something went wrong. Goodbye."
 """What the caller hears when the agent fails, before it hangs up."""
 
 PRELOADED_DECODERS = 2
-"""Speech decoders built at server start (~0.35 s each; a call that finds none idle builds one,
-holding the GIL meanwhile)."""
+"""Speech decoders built at server start in each recognizer worker process (~0.35 s each; a call
+that finds none idle builds one)."""
 
 FRAME_MS = 20
 _T = TypeVar("_T")
@@ -106,8 +107,9 @@ class LocalAgent(Stage):
     """The offline voice agent for one call. See the module documentation.
 
     ``responder`` makes the replies (default :class:`~pipelines.responder.RuleResponder`);
-    ``recognizer`` makes the call's :class:`~pipelines.stt.Recognizer` (called once, in a worker
-    thread); ``voice`` and ``words_per_minute`` go to eSpeak NG.
+    ``recognizer`` makes the call's :class:`~pipelines.stt.SpeechRecognizer` (called once, in a
+    worker thread; default :func:`~pipelines.recognition.make_recognizer`); ``voice`` and
+    ``words_per_minute`` go to eSpeak NG.
     """
 
     receives_audio = True
@@ -116,7 +118,7 @@ class LocalAgent(Stage):
         self,
         responder: Responder | None = None,
         *,
-        recognizer: Callable[[], Recognizer] = Recognizer,
+        recognizer: Callable[[], SpeechRecognizer] = make_recognizer,
         voice: str = "en-us",
         words_per_minute: int = 165,
         batch_ms: int = 160,
@@ -298,17 +300,21 @@ _preloaded = False
 def create() -> Stage:
     """The ``local`` pipeline's stage.
 
-    The first call outside a trio run (the server's start-up check of the pipeline) loads
-    :data:`PRELOADED_DECODERS` speech decoders and eSpeak NG, so the first callers do not wait
-    for them (later calls reuse the decoders of calls that ended).
+    The first call outside a trio run (the server's start-up check of the pipeline) starts the
+    recognizer worker processes and waits until each has loaded :data:`PRELOADED_DECODERS`
+    speech decoders, and loads eSpeak NG, so the first callers do not wait for them (later calls
+    reuse the decoders of calls that ended). On an event loop (``voice-engine demo``) it only
+    starts the worker processes, which then load while the loop runs on.
     """
     global _preloaded
     if not _preloaded:
+        _preloaded = True
         try:
             trio.lowlevel.current_trio_token()
         except RuntimeError:  # not on an event loop: loading here blocks nothing
-            _preloaded = True
             seconds = preload(PRELOADED_DECODERS)
             synthesize("Hello.")
-            log.info("local agent: %d speech decoders ready (%.2f s)", PRELOADED_DECODERS, seconds)
+            log.info("local agent: speech recognition and synthesis ready (%.2f s)", seconds)
+        else:
+            preload(PRELOADED_DECODERS, wait=False)
     return LocalAgent()

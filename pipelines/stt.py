@@ -40,15 +40,17 @@ PocketSphinx 5.1 holds the GIL while it decodes, so a worker thread keeps the ev
 only between calls into it: :meth:`Recognizer.feed` hands audio over in slices of at most 40 ms
 so no single hold is long (5–20 ms). The one long hold is the best-path search in
 :meth:`Recognizer.finish`, ~60–90 ms once per turn (turning it off saves that but costs ~0.06
-WER).
+WER). Even so, a busy recognizer stalls a server's event loop for tens of milliseconds at a
+time, which is why the agents decode in worker processes (:mod:`pipelines.recognition`, whose
+:class:`~pipelines.recognition.RemoteRecognizer` offers the same :class:`SpeechRecognizer`
+interface); a :class:`Recognizer` is what runs inside them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pocketsphinx  # type: ignore[import-untyped]
@@ -56,7 +58,7 @@ import pocketsphinx  # type: ignore[import-untyped]
 from engine.media.codec import SAMPLE_RATE, Resampler
 from engine.media.frames import PCM
 
-__all__ = ["DECODER_RATE", "Recognizer", "preload"]
+__all__ = ["DECODER_RATE", "Recognizer", "RecognizerError", "SpeechRecognizer", "preload"]
 
 DECODER_RATE = 16_000
 """The sample rate the acoustic model was trained on; phone audio is resampled to it."""
@@ -74,6 +76,33 @@ sentences (not the test set)."""
 _COMFORT_NOISE_RMS = 100.0
 _SLICE = DECODER_RATE * 40 // 1000  # samples per process_raw call (40 ms)
 _MAX_IDLE = 8
+
+
+class RecognizerError(RuntimeError):
+    """Recognition failed or cannot go on: the recognizer is closed, its decoder failed, or (for a
+    :class:`~pipelines.recognition.RemoteRecognizer`) its worker process died or is gone."""
+
+
+class SpeechRecognizer(Protocol):
+    """What the listening agents need of a recognizer (:class:`Recognizer` in this process, or
+    :class:`~pipelines.recognition.RemoteRecognizer` in a worker process). Every method blocks:
+    call them from a worker thread, one thread at a time."""
+
+    def begin(self) -> None:
+        """Start a turn (discarding one still open)."""
+
+    def feed(self, pcm: PCM) -> str | None:
+        """Decode the next 8 kHz int16 samples; return the partial hypothesis if it changed."""
+
+    def finish(self) -> str:
+        """End the turn and return its final transcript."""
+
+    @property
+    def partial(self) -> str:
+        """The latest partial hypothesis of the open turn."""
+
+    def close(self) -> None:
+        """Release the decoder (idempotent)."""
 
 
 class _DecoderPool:
@@ -128,7 +157,21 @@ def preload(count: int = 1) -> float:
     return _POOL.preload(count)
 
 
-class Recognizer:
+class ClosesOnExit:
+    """Mixin: ``with thing:`` calls ``thing.close()`` at the end of the block."""
+
+    def close(self) -> None:
+        """Release what the object holds (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Recognizer(ClosesOnExit):
     """Streaming recognition of one call's caller audio (8 kHz int16).
 
     ``begin`` → ``feed`` … → ``finish`` per turn; ``begin`` may be left out (``feed`` starts a
@@ -207,22 +250,9 @@ class Recognizer:
             _POOL.release(self._decoder)
         self._decoder = None
 
-    def __enter__(self) -> Recognizer:
-        """Use as ``with Recognizer() as recognizer:``; closes at the end."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Close the recognizer."""
-        self.close()
-
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the recognizer is closed")
+            raise RecognizerError("the recognizer is closed")
 
     def _call(self, method: Any) -> None:
         try:

@@ -80,7 +80,7 @@ from pipelines.llm.chat import DEFAULT_SYSTEM_PROMPT, LLMConfig, LLMError, strea
 from pipelines.llm.reply import CUT_MARKER, Spoken, heard_text
 from pipelines.llm.text import SentenceSplitter, speak_sentence, speakable, split_sentences
 from pipelines.local import APOLOGY
-from pipelines.stt import preload
+from pipelines.recognition import preload
 
 __all__ = [
     "APOLOGY",

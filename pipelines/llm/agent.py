@@ -22,7 +22,8 @@ from pipelines.llm.chat import LLMConfig, LLMError, stream_chat
 from pipelines.llm.reply import Spoken, _Reply
 from pipelines.llm.text import SentenceSplitter, _has_words, speak_sentence, speakable
 from pipelines.local import APOLOGY, heavy_work_limiter
-from pipelines.stt import Recognizer
+from pipelines.recognition import make_recognizer
+from pipelines.stt import SpeechRecognizer
 
 __all__ = ["LLMAgent"]
 
@@ -52,7 +53,8 @@ class LLMAgent(Stage):
     ``base_url``, ``model``, ``api_key``, ``system_prompt`` and ``tuning`` (the other
     :class:`LLMConfig` fields) override the environment; ``config`` replaces it altogether.
     Raises :class:`~engine.errors.ConfigError` when no base URL or model is configured.
-    ``recognizer`` makes the call's :class:`~pipelines.stt.Recognizer` (in a worker thread);
+    ``recognizer`` makes the call's :class:`~pipelines.stt.SpeechRecognizer` (in a worker thread;
+    default :func:`~pipelines.recognition.make_recognizer`, decoding in a worker process);
     ``voice`` and ``words_per_minute`` go to eSpeak NG.
     """
 
@@ -66,7 +68,7 @@ class LLMAgent(Stage):
         api_key: str | None = None,
         system_prompt: str | None = None,
         config: LLMConfig | None = None,
-        recognizer: Callable[[], Recognizer] = Recognizer,
+        recognizer: Callable[[], SpeechRecognizer] = make_recognizer,
         voice: str = "en-us",
         words_per_minute: int = 165,
         batch_ms: int = 160,

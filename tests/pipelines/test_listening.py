@@ -1,12 +1,16 @@
-"""The STT agents' listener: pre-roll, batching, and a work queue that cannot grow with lag."""
+"""The STT agents' listener: pre-roll, batching, a work queue that cannot grow with lag, and
+recognition in a worker process."""
 
 from __future__ import annotations
 
 import numpy as np
 import trio
 
+from conftest import spoken
+from engine.media.codec import ulaw_decode
 from engine.media.frames import Audio, SpeechStarted
 from pipelines.listening import EndOfTurn, Feed, Listener
+from pipelines.recognition import RecognizerPool, RemoteRecognizer
 from pipelines.stt import Recognizer
 
 
@@ -38,3 +42,21 @@ async def test_next_work_waits_for_work() -> None:
     with trio.move_on_after(0.05) as scope:
         await listener.next_work()
     assert scope.cancelled_caught
+
+
+async def test_queued_work_is_recognized_in_a_worker_process() -> None:
+    speech = ulaw_decode(spoken("Let me check my calendar and get back to you."))
+    with RecognizerPool(1) as pool:
+        listener = Listener(lambda: RemoteRecognizer(pool), batch_ms=160, pre_roll_ms=100)
+        listener.on_speech_started(SpeechStarted(timestamp=0, detected_at=40))
+        for i in range(0, len(speech) - 159, 160):
+            listener.on_audio(Audio(b"", speech[i : i + 160], i // 8))
+        listener.on_end_of_turn()
+        with trio.fail_after(60):
+            items = await listener.next_work()
+            ((text, _),) = await trio.to_thread.run_sync(listener.recognize, items)
+        assert "calendar" in text.split(), text
+        assert isinstance(listener.recognizer, RemoteRecognizer)
+        assert listener.recognizer.pid in pool.pids
+        await listener.aclose()
+        assert listener.recognizer is None
