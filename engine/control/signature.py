@@ -197,7 +197,10 @@ def check_json_signature(url: str, body: bytes, signature: str | None, auth_toke
     """
     if not signature:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
-    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    try:
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    except ValueError as exc:  # urlsplit refuses e.g. "[" without "]" in the host
+        raise SignatureError(f"JSON webhook URL is not a valid URL ({exc})") from None
     claimed = query.get(BODY_HASH_PARAMETER)
     if not claimed:
         raise SignatureError(f"JSON webhook URL has no {BODY_HASH_PARAMETER} query parameter")
