@@ -8,9 +8,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 __all__ = ["Server", "cpu_seconds", "rss_bytes", "start_server", "usable_cpus"]
 
@@ -86,7 +88,14 @@ def start_server(
     if not line.startswith("voice-engine serving on "):
         process.kill()
         raise RuntimeError(f"the server did not start: {line!r} (see {log})")
+    # The server prints every trigger (a JSON line per inbound call): keep its pipe drained.
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return Server(process, line.split()[-1], token, cpu)
+
+
+def _drain(stream: IO[str]) -> None:
+    for _ in stream:
+        pass
 
 
 def run_generator(

@@ -238,9 +238,16 @@ def _print_trigger(name: str) -> TriggerHandler:
     """A trigger handler that prints ``{"trigger": name, "output": {...}}`` as a JSON line."""
 
     async def handler(output: dict[str, Any]) -> None:
-        print(json.dumps({"trigger": name, "output": output}, ensure_ascii=False), flush=True)
+        line = json.dumps({"trigger": name, "output": output}, ensure_ascii=False)
+        # Written from a worker thread: a stdout nobody reads (a full pipe) must stall only the
+        # trigger handlers (their number is bounded), never the event loop and every call on it.
+        await trio.to_thread.run_sync(_print_line, line)
 
     return handler
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
 
 
 async def _serve(server: VoiceServer, ready_fd: int | None = None) -> None:

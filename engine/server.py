@@ -78,6 +78,8 @@ __all__ = ["ServerConfig", "TriggerHandler", "Triggers", "VoiceServer"]
 log = logging.getLogger(__name__)
 
 MEDIA_PATH = "/twilio/media"
+TRIGGER_WAIT_S = 1.0
+"""How long a webhook waits for a free trigger-handler slot before dropping the event."""
 MAX_WEBHOOK_BYTES = 64 * 1024
 """Largest webhook body accepted (Twilio's are a few KiB; an SMS body is at most 1600 chars)."""
 INSECURE_SECRET_ENV = "VOICE_ENGINE_STREAM_SECRET"
@@ -384,9 +386,15 @@ class VoiceServer:
     async def _fire(self, handler: TriggerHandler | None, output: dict[str, Any]) -> None:
         if handler is None or self._nursery is None:
             return
-        # Wait for room before spawning, so the number of running handlers stays bounded.
+        # Wait (briefly) for room before spawning, so the number of running handlers stays
+        # bounded; handlers that stay stuck (a consumer that stopped) cost their events, never
+        # the webhook: Twilio gives up on a slow answer, and the call with it.
         borrower = object()
-        await self._trigger_limiter.acquire_on_behalf_of(borrower)
+        with trio.move_on_after(TRIGGER_WAIT_S):
+            await self._trigger_limiter.acquire_on_behalf_of(borrower)
+        if borrower not in self._trigger_limiter.statistics().borrowers:
+            log.warning("trigger handlers are all busy: an event was dropped")
+            return
 
         async def run() -> None:
             try:

@@ -6,10 +6,12 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import IO
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -104,7 +106,14 @@ def start_server(
     if not line.startswith("voice-engine serving on "):
         process.kill()
         raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
+    # The rest of stdout (a JSON line per trigger) must be read, or the pipe fills up.
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return Server(line.split()[-1], token, process, log_path)
+
+
+def _drain(stream: IO[str]) -> None:
+    for _ in stream:
+        pass
 
 
 def stop_server(server: Server) -> int:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -18,6 +19,7 @@ from engine.testing import (
     TwilioEmulator,
     open_inbound_call,
     open_twilio_emulator,
+    ring,
 )
 
 
@@ -180,3 +182,36 @@ async def test_call_command_places_a_call_and_prints_its_outcome() -> None:
     assert output["status"] == "completed" and output["direction"] == "outbound-api"
     call = emulator.calls[output["callSid"]]
     assert call.record is not None and call.record.frames_sent > 0
+
+
+async def test_a_stdout_nobody_reads_does_not_stall_the_server(tmp_path: Path) -> None:
+    # serve prints a JSON line per inboundCall trigger; with its stdout a pipe nobody drains,
+    # the pipe fills after a few hundred calls. Calls and webhooks must go on regardless.
+    token = "stdout-test-token"
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    env.pop("PUBLIC_URL", None)
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(  # noqa: ASYNC220 — a raw pipe, deliberately never drained
+        [sys.executable, "-m", "engine", "serve", "--port", "0", "--pipeline", "echo"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().decode().split()[-1]  # then never read again
+        async with httpx.AsyncClient(timeout=5) as http:
+            caller = "+1" + "5" * 4000  # a long From makes each trigger line ≈ 4 KB
+            for _ in range(60):  # ≈ 240 KB of trigger lines: well past a 64 KiB pipe
+                await ring(url, token, client=http, from_number=caller)
+            health = await http.get(f"{url}/healthz")
+        assert health.status_code == 200
+        async with open_inbound_call(url, token) as call:
+            await call.say(spoken(sentences()[0])[:8000])
+            await call.pause(0.3)
+        assert len(call.record.received) > 0  # media still flows
+    finally:
+        process.kill()
+        process.wait()
+        log.close()

@@ -65,9 +65,6 @@ async def test_sigterm_drains_live_calls_then_ends_them_with_a_spoken_notice(
         if server.process.poll() is None:
             server.process.kill()
         raise
-    finally:
-        if server.process.stdout:
-            server.process.stdout.close()
     log = server.log()
     assert exit_code == 0, log
     assert len(records) == CALLS
@@ -93,6 +90,3 @@ def test_sigterm_with_no_call_in_flight_exits_at_once(tmp_path: Path) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         raise
-    finally:
-        if server.process.stdout:
-            server.process.stdout.close()

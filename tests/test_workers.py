@@ -76,8 +76,6 @@ async def test_calls_spread_over_two_workers_complete_and_make_call_waits_them_o
                 text = (await http.get(f"{server.url}/metrics")).text
         finally:
             exit_code = stop_server(server)
-            if server.process.stdout:
-                server.process.stdout.close()
 
     log = server.log()
     assert exit_code == 0, log
@@ -122,7 +120,5 @@ async def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(
                 assert (await http.get(f"{server.url}/healthz")).status_code == 200
     finally:
         exit_code = stop_server(server)
-        if server.process.stdout:
-            server.process.stdout.close()
     assert exit_code == 0, server.log()
     assert "exited with -9; restarting" in server.log()

@@ -57,6 +57,8 @@ class LoadCall:
     clears: list[float] = field(default_factory=list)
     close_code: int | None = None
     error: str | None = None
+    phase: str = "ringing"
+    """Where the call is: ringing, handshake, streaming, stopping, closed."""
 
 
 async def run_load_call(
@@ -71,20 +73,33 @@ async def run_load_call(
     then ``stop``; fill ``record``. Errors are recorded, not raised. Share one ``client``
     between calls: making an HTTP client takes milliseconds of CPU."""
     try:
-        call = await ring(public_url, auth_token, client=client)
-        record.call_sid = call.call_sid
-        await _stream(
-            call.connect.url,
-            call.connect.parameters,
-            call.call_sid,
-            call.account_sid,
-            auth_token,
-            frames,
-            duration,
-            record,
-        )
+        # A call stuck anywhere (a peer that stops reading or answering) fails, counted, rather
+        # than hold up the whole run.
+        with trio.fail_after(duration + CALL_SLACK_S):
+            call = await ring(public_url, auth_token, client=client)
+            record.call_sid = call.call_sid
+            record.phase = "handshake"
+            await _stream(
+                call.connect.url,
+                call.connect.parameters,
+                call.call_sid,
+                call.account_sid,
+                auth_token,
+                frames,
+                duration,
+                record,
+            )
+            record.phase = "closed"
+    except trio.TooSlowError:
+        record.error = f"TooSlowError: stuck while {record.phase}"
     except Exception as exc:  # a benchmark counts failures instead of stopping
         record.error = f"{type(exc).__name__}: {exc}"
+
+
+CALL_SLACK_S = 60.0
+"""Time a call may take beyond its duration (ringing, handshake, lateness, closing)."""
+HANDSHAKE_TIMEOUT_S = 10.0
+"""A handshake the server leaves unanswered this long fails the call (it is counted)."""
 
 
 async def _stream(
@@ -105,18 +120,20 @@ async def _stream(
         headers.append((b"X-Twilio-Signature", compute_signature(url, {}, auth_token).encode()))
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     await stream.send_all(ws.send(Request(host=parts.netloc, target=target, extra_headers=headers)))
-    while True:
-        data = await stream.receive_some(65536)
-        if not data:
-            raise ConnectionError("closed during the handshake")
-        ws.receive_data(data)
-        event = next(
-            (e for e in ws.events() if isinstance(e, AcceptConnection | RejectConnection)), None
-        )
-        if isinstance(event, RejectConnection):
-            raise ConnectionError(f"handshake refused: HTTP {event.status_code}")
-        if event is not None:
-            break
+    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            ws.receive_data(data)
+            event = next(
+                (e for e in ws.events() if isinstance(e, AcceptConnection | RejectConnection)),
+                None,
+            )
+            if isinstance(event, RejectConnection):
+                raise ConnectionError(f"handshake refused: HTTP {event.status_code}")
+            if event is not None:
+                break
     stream_sid = "MZ" + call_sid[2:]
     payloads = [base64.b64encode(f).decode() for f in frames]
     marks: deque[tuple[float, str]] = deque()  # (due, name)
@@ -175,6 +192,7 @@ async def _stream(
     await numbered(
         lambda seq: twilio_side.start_message(seq, stream_sid, account_sid, call_sid, parameters)
     )
+    record.phase = "streaming"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receive)
         t0 = trio.current_time()
@@ -198,6 +216,7 @@ async def _stream(
                 await numbered(
                     lambda seq, n=name: twilio_side.mark_echo_message(seq, stream_sid, n)
                 )
+        record.phase = "stopping"
         if not done.is_set():
             await trio.sleep(0.2)  # let the last echoes arrive
             await numbered(
