@@ -37,7 +37,7 @@ TOKEN_PARAMETER = "token"
 _VERSION = "v1"
 _CONTEXT = b"voice-engine/stream-token/v1"
 _TAG_BYTES = 6
-_EXPIRY_RE = re.compile(r"[0-9]{1,12}")
+_EXPIRY_RE = re.compile(r"[1-9][0-9]{0,11}")  # no leading zeros: one spelling per token
 _TAG_RE = re.compile(r"[A-Za-z0-9_-]{8}")
 _MAC_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 

@@ -8,6 +8,7 @@ verifies, and any change to it, the call, the parameters or the clock past expir
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -120,3 +121,20 @@ def test_any_change_to_a_token_is_refused(
         clock = NOW + data.draw(st.floats(121, 1e12))
     with pytest.raises(TokenError):
         tokens(clock).verify(custom, checked_call)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda e: "0" + e, id="leading-zero"),  # found by fuzzing: it verified
+        pytest.param(lambda e: "00" + e, id="two-leading-zeros"),
+        pytest.param(lambda e: e + "0", id="trailing-zero"),
+        pytest.param(lambda e: "0", id="zero"),
+    ],
+)
+def test_another_spelling_of_the_expiry_is_refused(edit: Callable[[str], str]) -> None:
+    custom = tokens().parameters_with_token("CA1", {"pipeline": "echo"})
+    version, expiry, tag, mac = custom[TOKEN_PARAMETER].split(".")
+    custom[TOKEN_PARAMETER] = ".".join([version, edit(expiry), tag, mac])
+    with pytest.raises(TokenError):
+        tokens().verify(custom, "CA1")
