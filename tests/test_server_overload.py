@@ -18,7 +18,7 @@ from engine.control.rest import Credentials, TwilioClient
 from engine.control.signature import compute_signature
 from engine.errors import Overloaded
 from engine.server import ServerConfig, VoiceServer
-from engine.testing import CallRefused, InboundCall, StreamRecord, open_stream, ring
+from engine.testing import CallRefused, InboundCall, StreamRecord, open_answered_stream, ring
 from pipelines.echo import Echo
 
 TOKEN = "overload-test-token"
@@ -100,13 +100,7 @@ async def test_beyond_the_ceiling_callers_are_refused_and_the_admitted_stream_cl
         records: list[StreamRecord] = []
 
         async def stream(call: InboundCall) -> None:
-            async with open_stream(
-                call.connect.url,
-                auth_token=TOKEN,
-                call_sid=call.call_sid,
-                account_sid=call.account_sid,
-                parameters=call.connect.parameters,
-            ) as live:
+            async with open_answered_stream(call, TOKEN) as live:
                 await live.say(speech)
                 with trio.fail_after(5):
                     while len(b"".join(p for _, p in live.record.received)) < len(live.record.mic):

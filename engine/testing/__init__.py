@@ -14,6 +14,7 @@ from engine.testing.caller import (
     CallRefused,
     EmulatorError,
     InboundCall,
+    open_answered_stream,
     open_inbound_call,
     ring,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "TwilioEmulator",
     "WebhookAttempt",
     "new_sid",
+    "open_answered_stream",
     "open_inbound_call",
     "open_stream",
     "open_twilio_emulator",

@@ -8,7 +8,7 @@ and dials the stream URL with the ``<Parameter>`` values as ``customParameters``
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,14 @@ from engine.control.twiml import ConnectStream, parse_connect_stream
 from engine.errors import EngineError
 from engine.testing.stream import EmulatedStream, new_sid, open_stream
 
-__all__ = ["CallRefused", "EmulatorError", "InboundCall", "open_inbound_call", "ring"]
+__all__ = [
+    "CallRefused",
+    "EmulatorError",
+    "InboundCall",
+    "open_answered_stream",
+    "open_inbound_call",
+    "ring",
+]
 
 
 class EmulatorError(EngineError):
@@ -106,11 +113,18 @@ async def open_inbound_call(
 ) -> AsyncIterator[EmulatedStream]:
     """Ring the server at ``public_url`` and stream the answered call until the block exits."""
     call = await ring(public_url, auth_token, **ring_options)
-    async with open_stream(
+    async with open_answered_stream(call, auth_token) as stream:
+        yield stream
+
+
+def open_answered_stream(
+    call: InboundCall, auth_token: str | None
+) -> AbstractAsyncContextManager[EmulatedStream]:
+    """Dial the stream of a call :func:`ring` answered, as Twilio does after the TwiML."""
+    return open_stream(
         call.connect.url,
         auth_token=auth_token,
         call_sid=call.call_sid,
         account_sid=call.account_sid,
         parameters=call.connect.parameters,
-    ) as stream:
-        yield stream
+    )
