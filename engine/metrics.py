@@ -30,6 +30,7 @@ __all__ = [
     "CALLS_ADMITTED",
     "CALLS_ENDED",
     "CALLS_REFUSED",
+    "CALL_CEILING",
     "CONTENT_TYPE",
     "EVENT_LOOP_LAG",
     "FRAMES_DROPPED",
@@ -38,6 +39,7 @@ __all__ = [
     "FRAME_ROUND_TRIP",
     "FRAME_STEP",
     "REST_ERRORS",
+    "SEQUENCE_ANOMALIES",
     "STAGE_ERRORS",
     "TURN_LATENCY",
     "CallCounts",
@@ -59,6 +61,11 @@ _TURN_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0
 
 CALLS_ACTIVE = Gauge(
     "voice_engine_calls_active", "Calls with an open media stream.", multiprocess_mode="livesum"
+)
+CALL_CEILING = Gauge(
+    "voice_engine_call_ceiling",
+    "Calls this process takes on at once (admission control's ceiling).",
+    multiprocess_mode="livesum",
 )
 CALLS_ADMITTED = Counter(
     "voice_engine_calls_admitted", "Voice webhooks answered with a stream (calls admitted)."
@@ -92,6 +99,10 @@ TURN_LATENCY = Histogram(
     "voice_engine_turn_latency_seconds",
     "End of the caller's speech to the first reply audio sent.",
     buckets=_TURN_BUCKETS,
+)
+SEQUENCE_ANOMALIES = Counter(
+    "voice_engine_sequence_anomalies",
+    "Media Stream sequence numbers skipped, repeated or out of order (the calls went on).",
 )
 REST_ERRORS = Counter(
     "voice_engine_rest_errors", "Error answers from Twilio's REST API, by code.", ["code", "status"]
@@ -136,6 +147,12 @@ class CallMeter:
     """Folds one call's running counters into the process counters, as deltas."""
 
     __slots__ = ("_last",)
+    _frames_in = 0  # every meter's inbound frames folded so far, in this process
+
+    @classmethod
+    def total_frames_in(cls) -> int:
+        """Inbound frames folded by every meter of this process so far."""
+        return cls._frames_in
 
     def __init__(self) -> None:
         self._last = CallCounts(0, 0, 0)
@@ -145,6 +162,7 @@ class CallMeter:
         last = self._last
         if counts.frames_in > last.frames_in:
             FRAMES_IN.inc(counts.frames_in - last.frames_in)
+            CallMeter._frames_in += counts.frames_in - last.frames_in
         if counts.frames_out > last.frames_out:
             FRAMES_OUT.inc(counts.frames_out - last.frames_out)
         if counts.frames_dropped > last.frames_dropped:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from engine.testing import speech
+from engine.testing.twilio_api.spec import BUNDLED_SPEC
 
 # Hypothesis profiles. "default" is what plain ``pytest`` (and CI) runs: at most a few hundred
 # examples per property, no per-example deadline (a shared 2-core machine is not a stopwatch).
@@ -77,8 +81,10 @@ def start_server(
     insecure: bool = False,
     args: Sequence[str] = (),
     log_level: str = "INFO",
+    max_open_files: int | None = None,
 ) -> Server:
-    """Start ``python -m engine serve`` on a free port and wait until it listens."""
+    """Start ``python -m engine serve`` on a free port and wait until it listens
+    (``max_open_files``: its hard limit on file descriptors)."""
     token = (env or {}).get("TWILIO_AUTH_TOKEN") or secrets.token_hex(16)
     log_path = tmp_path / f"server-{secrets.token_hex(4)}.log"
     full_env = {
@@ -98,8 +104,19 @@ def start_server(
     if insecure:
         command.append("--insecure")
     log_file = log_path.open("w")
+    limit = None
+    if max_open_files is not None:
+        limit = partial(
+            resource.setrlimit, resource.RLIMIT_NOFILE, (max_open_files, max_open_files)
+        )
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=full_env, cwd=ROOT
+        command,
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        preexec_fn=limit,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -142,5 +159,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             assert stop_server(server) == 0, server.log()
 
 
-SPEC_PATH = ROOT.parent / "shared" / "twilio" / "twilio_api_v2010.json"
-"""Twilio's OpenAPI description, beside the checkout (never copied into it)."""
+SPEC_PATH = BUNDLED_SPEC
+"""Twilio's OpenAPI description, as vendored in the package (gzipped)."""
+
+
+@cache
+def spec_json() -> dict[str, Any]:
+    """Twilio's OpenAPI description, parsed (once per test session)."""
+    return json.loads(gzip.decompress(SPEC_PATH.read_bytes()))  # type: ignore[no-any-return]

@@ -28,8 +28,9 @@ def test_reservations_count_against_the_ceiling_until_they_lapse() -> None:
 def test_a_claimed_reservation_is_counted_once_by_its_stream() -> None:
     admission = Admission(AdmissionConfig(max_calls=2))
     assert admission.admit("CA1", 0.0) is None
-    admission.stream_started()
-    admission.claim("CA1")
+    admission.stream_started("CA1")
+    assert admission.statistics().streaming == 1
+    assert admission.statistics().reserved == 0
     assert admission.admit("CA2", 0.0) is None  # one stream + one reservation
     assert admission.admit("CA3", 0.0) == "call-ceiling"
     admission.stream_ended()
@@ -39,8 +40,7 @@ def test_a_claimed_reservation_is_counted_once_by_its_stream() -> None:
 def test_streams_admitted_elsewhere_still_count() -> None:
     # A stream whose webhook another worker answered: no reservation here, still a call here.
     admission = Admission(AdmissionConfig(max_calls=1))
-    admission.stream_started()
-    admission.claim("CA-from-another-worker")
+    admission.stream_started("CA-from-another-worker")
     assert admission.refusal(0.0) == "call-ceiling"
     admission.stream_ended()
     admission.stream_ended()  # never below zero
@@ -73,3 +73,15 @@ def test_draining_refuses_everything_first() -> None:
 def test_nonsense_settings_are_refused(options: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         AdmissionConfig(**options)  # type: ignore[arg-type]
+
+
+def test_the_ceiling_is_exact_while_calls_set_up_at_once() -> None:
+    # Ten calls admitted at once, their streams arriving interleaved with more webhooks:
+    # exactly ten are carried, never nine (a stream counted beside its reservation).
+    admission = Admission(AdmissionConfig(max_calls=10))
+    assert all(admission.admit(f"CA{i}", 0.0) is None for i in range(10))
+    for i in range(10):
+        admission.stream_started(f"CA{i}")
+        assert admission.admit(f"CB{i}", 0.0) == "call-ceiling"
+        stats = admission.statistics()
+        assert stats.streaming + stats.reserved == 10

@@ -32,11 +32,10 @@ from engine.control.calls import make_call
 from engine.control.rest import Credentials, TwilioClient
 from engine.control.signature import compute_signature
 from engine.errors import TwilioAPIError
-from engine.media import twilio_side
 from engine.media.codec import FRAME_BYTES
 from engine.media.frames import Audio, Frame
 from engine.media.playout import PlayoutConfig
-from engine.media.session import CallOutcome, CallSession, SessionConfig
+from engine.media.session import CallEnd, CallOutcome, CallSession, SessionConfig
 from engine.media.stage import CallContext, Stage
 from engine.server import ServerConfig, VoiceServer
 from engine.testing import (
@@ -48,6 +47,7 @@ from engine.testing import (
     open_inbound_call,
     open_twilio_emulator,
     ring,
+    twilio_side,
 )
 from engine.testing.twilio_api.calls import Outcome
 from engine.testing.twilio_api.webhooks import CallbackOrder
@@ -57,7 +57,7 @@ from pipelines.turn_echo import TurnEcho
 TOKEN = "test-auth-token"
 HEALTHY_CALLS = 3
 TONE = bytes(range(0x10, 0x10 + FRAME_BYTES))  # one non-silent 20 ms μ-law frame
-MEDIA_PATHS = pytest.mark.parametrize("media_port", [None, 0], ids=["via-hypercorn", "listener"])
+MEDIA_PATHS = pytest.mark.parametrize("media_port", [None, 0], ids=["one-port", "media-port"])
 
 
 # -- the server, its calls and their tasks --------------------------------------------------------
@@ -172,7 +172,7 @@ def assert_lost_no_frame(record: StreamRecord, outcome: CallOutcome | None) -> N
     assert outcome is not None, "the call has not ended"
     assert outcome.reason == "stop", outcome
     assert not record.closed_by_server and record.errors == []
-    assert outcome.sequence_gaps == 0 and outcome.dropped_frames == 0, outcome
+    assert outcome.sequence_anomalies == 0 and outcome.dropped_frames == 0, outcome
     assert record.frames_sent <= outcome.media_frames <= record.frames_sent + 1
     echoed = b"".join(payload for _, payload in record.received)
     assert len(echoed) > 0
@@ -184,14 +184,14 @@ def test_the_lost_frame_check_can_fail() -> None:
     mic = b"".join(bytes([i]) * FRAME_BYTES for i in range(20))
     record = StreamRecord(stream_sid="MZ" + "0" * 32, frames_sent=20, mic=bytearray(mic))
     frames = [(0.0, mic[i : i + FRAME_BYTES]) for i in range(0, len(mic), FRAME_BYTES)]
-    outcome = CallOutcome("CA1", "MZ1", "stop", 1000, None, 20, 0, 0, None)
+    outcome = CallOutcome("CA1", "MZ1", CallEnd("stop", 1000), 20, 0, 0, 0, None)
     record.received = list(frames)
     assert_lost_no_frame(record, outcome)  # complete: passes
     record.received = frames[:7] + frames[8:]
     with pytest.raises(AssertionError, match="missing"):
         assert_lost_no_frame(record, outcome)
     record.received = list(frames)
-    for broken in (replace(outcome, dropped_frames=1), replace(outcome, sequence_gaps=1)):
+    for broken in (replace(outcome, dropped_frames=1), replace(outcome, sequence_anomalies=1)):
         with pytest.raises(AssertionError):
             assert_lost_no_frame(record, broken)
     with pytest.raises(AssertionError):
@@ -302,10 +302,10 @@ async def test_a_stage_faster_than_real_time_is_back_pressured() -> None:
             held_ms = 0
             for _ in range(30):  # 1.5 s
                 await trio.sleep(0.05)
-                queued = playout.statistics().queued_ms
+                queued = playout.core.statistics().queued_ms
                 inbox = session._playout_inbox.statistics().current_buffer_used
                 held_ms = max(held_ms, queued + inbox * 20)
-            sent_ms = playout.statistics().sent_ms
+            sent_ms = playout.core.statistics().sent_ms
         await assert_call_ends_with_its_tasks(harness, session)
     # What the call holds for the caller stays within playout's fill and the lead, and the
     # stage got no further ahead of the caller than that.
@@ -395,7 +395,7 @@ async def deaf_caller(harness: Harness) -> AsyncIterator[tuple[str, Callable[[],
 def held_ms(session: CallSession) -> int:
     """Audio the call holds for its caller (20 ms frames here): playout's queue and inbox."""
     assert session._playout is not None
-    queued = session._playout.statistics().queued_ms
+    queued = session._playout.core.statistics().queued_ms
     return queued + session._playout_inbox.statistics().current_buffer_used * 20
 
 

@@ -164,7 +164,7 @@ async def test_a_lagging_event_loop_refuses_new_calls_until_it_recovers() -> Non
         with pytest.raises(CallRefused):
             await ring(url, TOKEN, client=http)
         with trio.fail_after(5):  # the lag estimate decays once the loop runs on time
-            while server.admission.refusal(trio.current_time()) is not None:
+            while server.switchboard.admission.refusal(trio.current_time()) is not None:
                 await trio.sleep(0.05)
         assert (await ring(url, TOKEN, client=http)).connect.url
         server.shutdown()

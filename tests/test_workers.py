@@ -39,7 +39,8 @@ async def test_calls_spread_over_two_workers_complete_and_make_call_waits_them_o
             tmp_path,
             "turn-echo",
             env={"TWILIO_AUTH_TOKEN": emulator.auth_token},
-            args=["--workers", "2", "--media-port", "0"],
+            args=["--workers", "2"],
+            log_level="DEBUG",  # each request of a call logs its CallSid (one line at INFO)
         )
         try:
             credentials = Credentials(emulator.account_sid, emulator.auth_token)

@@ -1,4 +1,9 @@
-"""The Twilio control plane: signatures, stream tokens, TwiML, REST client, actions and triggers.
+"""The Twilio control plane: what the engine says to Twilio, and checks of what Twilio says.
 
-Everything here is pure: no trio, no quart. The server wires these helpers to HTTP and WebSockets.
+Pure helpers (no I/O): :mod:`~engine.control.signature` (``X-Twilio-Signature``),
+:mod:`~engine.control.token` (the media stream's signed token), :mod:`~engine.control.twiml`.
+On trio and httpx: :mod:`~engine.control.rest` (the REST client), and the component's
+actions, :mod:`~engine.control.messages` (sendSMS, sendWhatsAppMessage) and
+:mod:`~engine.control.calls` (makeCall). The HTTP routes that use them are
+:mod:`engine.webhooks`.
 """

@@ -25,6 +25,7 @@ __all__ = [
     "BODY_HASH_PARAMETER",
     "SIGNATURE_HEADER",
     "Params",
+    "WebhookAuth",
     "check_json_signature",
     "check_signature",
     "compute_signature",
@@ -209,3 +210,34 @@ def check_json_signature(url: str, body: bytes, signature: str | None, auth_toke
     check_signature(url, None, signature, auth_token)
     if not _same(hashlib.sha256(body).hexdigest(), claimed[0]):
         raise SignatureError(f"JSON webhook body does not match its {BODY_HASH_PARAMETER}")
+
+
+class WebhookAuth:
+    """Checks ``X-Twilio-Signature`` against the Auth Token and any still accepted during a
+    rotation; with no token at all (``insecure``) every request passes.
+    """
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, auth_tokens: Sequence[str]) -> None:
+        """``auth_tokens``: the current Auth Token first, then rotated-out ones; empty means
+        no checks (insecure local use)."""
+        self._tokens = tuple(token for token in auth_tokens if token)
+
+    @property
+    def insecure(self) -> bool:
+        """Whether requests pass unchecked."""
+        return not self._tokens
+
+    def check(self, url: str, params: Params | None, signature: str | None) -> None:
+        """Raise :class:`SignatureError` unless ``signature`` is valid for ``url`` and
+        ``params`` under one of the tokens."""
+        if not self._tokens:
+            return
+        if not signature:
+            raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+        if not any(is_valid_signature(url, params, signature, t) for t in self._tokens):
+            raise SignatureError(
+                f"{SIGNATURE_HEADER} does not match {_strip_userinfo(url)!r} and its parameters "
+                "(wrong Auth Token, a proxy rewrote the URL, or the request was altered)"
+            )

@@ -1,6 +1,6 @@
 """Field checks and JSON helpers shared by both sides of the Media Streams protocol.
 
-Private to :mod:`engine.media.protocol` (the server side) and :mod:`engine.media.twilio_side`
+Private to :mod:`engine.media.protocol` (the server side) and :mod:`engine.testing.twilio_side`
 (Twilio's side, for the emulator). Every check raises :class:`~engine.errors.ProtocolError`
 with close code 1007 and names the field (e.g. ``start.callSid``).
 """

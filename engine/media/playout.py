@@ -9,41 +9,25 @@ each reply the caller actually heard.
 
 Marks are named ``"<generation>.<byte position>"``; a ``clear`` starts a new generation, so the
 marks Twilio echoes for cleared audio (§1.3: "played **or** dropped") are recognised and ignored.
+
+No trio here: the playout task and its fast lane, the trio shell around this core, are in
+:mod:`engine.media.outbound`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from time import perf_counter
-from typing import Literal
-
-import trio
 
 from engine.media import protocol
-from engine.media.channels import FrameChannel
-from engine.media.frames import (
-    Frame,
-    HangUp,
-    Interrupt,
-    Interrupted,
-    MarkEcho,
-    PlayAudio,
-    PlaybackDone,
-    SpeechStarted,
-)
-from engine.metrics import FRAME_ROUND_TRIP, FRAME_STEP, TURN_LATENCY
+from engine.media.frames import Interrupted, PlayAudio, PlaybackDone
 
-__all__ = ["PlayoutConfig", "PlayoutCore", "PlayoutStatistics", "run_playout"]
+__all__ = ["PlayoutConfig", "PlayoutCore", "PlayoutStatistics"]
 
 BYTES_PER_MS = 8
 FRAME_BYTES = 160
 MARK_GRACE_S = 1.0
-ROUND_TRIP_HORIZON_S = 1.0  # a reply later than this was not caused by the sampled frame
-_ENCODE = FRAME_STEP.labels("encode")
-_SOCKET = FRAME_STEP.labels("socket")
 _EPS = 1e-9  # the playback clock sums float seconds; compare against it with this slack
 
 
@@ -123,6 +107,11 @@ class PlayoutCore:
             clears=self._clears,
             queued_ms=self._queued // BYTES_PER_MS,
         )
+
+    @property
+    def queued_bytes(self) -> int:
+        """μ-law bytes queued here, not yet sent."""
+        return self._queued
 
     def is_playing(self, now: float) -> bool:
         """Whether bot audio is queued here, queued at Twilio, or still playing."""
@@ -277,206 +266,3 @@ class PlayoutCore:
         self._marked = self._sent
         self._marks_sent += 1
         return protocol.mark_message(self.stream_sid, f"{self._generation}.{self._sent}")
-
-
-class PlayoutWriter:
-    """One call's outbound messages in order, and playout's fast lane for real-time audio.
-
-    :meth:`write` sends what :class:`PlayoutCore` produced, in the order it was produced,
-    whichever task produced it: a writer that finds another one blocked on the socket appends
-    its messages to that writer's batch and waits for it, so nothing overtakes. Handed a
-    socket whose ``send_many`` returns without a checkpoint while the kernel takes the bytes,
-    a write costs no task switch.
-
-    :meth:`play_now` is the fast lane: unpaced audio (``paced=False``: echo, speech-to-speech)
-    that finds nothing ahead of it — playout's inbox and queue empty — is enqueued, pumped and
-    written by the calling task itself, saving the hop into the playout task; :meth:`mark_now`
-    does the same for Twilio's mark echoes. The playout task keeps its timers (the end-of-reply
-    mark, hang-up after drain): the fast lane moves its wake-up earlier when it must.
-
-    Timings for the metrics: the reader sets :attr:`sampled_at` (a sampled inbound frame) and
-    :attr:`turn_ended_at` (the caller's speech ended); the next write that carries audio
-    observes the round trip, the encode and socket steps, and the turn latency.
-    """
-
-    def __init__(
-        self,
-        core: PlayoutCore,
-        inbox: FrameChannel[Frame],
-        send_many: Callable[[list[str]], Awaitable[None]],
-    ) -> None:
-        self.core = core
-        self._inbox = inbox
-        self._send_many = send_many
-        self._batch: list[str] = []
-        self._busy = False
-        self._done = trio.lowlevel.ParkingLot()
-        self._wait: trio.CancelScope | None = None  # the playout task's current wait
-        self._in_flight = 0  # bytes of audio reserved by the stage, not yet taken by playout
-        self._room = trio.lowlevel.ParkingLot()  # stages waiting for playout to have room
-        self.sampled_at = 0.0
-        """``perf_counter()`` when a sampled inbound frame was read; 0 when none is pending."""
-        self.turn_ended_at = 0.0
-        """``perf_counter()`` when the caller's speech ended; 0 when no turn awaits a reply."""
-        self.reply_s = 0.0
-        """Encode + socket time of the last sampled reply (so the stage step can leave it out)."""
-
-    async def write(self, messages: list[str]) -> None:
-        """Send ``messages`` after everything written before them."""
-        if not messages:
-            return
-        if self._busy:
-            self._batch.extend(messages)
-            await self._done.park()
-            return
-        self._busy = True
-        try:
-            await self._send_many(messages)
-            while self._batch:
-                batch, self._batch = self._batch, []
-                await self._send_many(batch)
-        finally:
-            self._busy = False
-            if self._done:
-                self._done.unpark_all()
-
-    async def reserve(self, size: int) -> None:
-        """Wait until playout has room, then count ``size`` bytes of audio as on their way
-        (the stage's back-pressure: see :attr:`PlayoutConfig.max_queued_ms`)."""
-        while not self.core.has_room(self._in_flight):
-            await self._room.park()
-        self._in_flight += size
-
-    def taken(self, size: int) -> None:
-        """Playout took ``size`` bytes of audio from its inbox."""
-        self._in_flight = max(0, self._in_flight - size)
-
-    def _wake_producers(self) -> None:
-        if self._room and self.core.has_room(self._in_flight):
-            self._room.unpark_all()
-
-    async def pump(self, now: float) -> None:
-        """Write what :meth:`PlayoutCore.pump` has to send now (timed when a timing is due)."""
-        core = self.core
-        if not (self.sampled_at or self.turn_ended_at):
-            await self.write(core.pump(now))
-            self._wake_producers()
-            return
-        sent = core._sent_total
-        t0 = perf_counter()
-        messages = core.pump(now)
-        t1 = perf_counter()
-        await self.write(messages)
-        t2 = perf_counter()
-        self._wake_producers()
-        if core._sent_total == sent:
-            return
-        if self.sampled_at:
-            if t2 - self.sampled_at < ROUND_TRIP_HORIZON_S:
-                _ENCODE.observe(t1 - t0)
-                _SOCKET.observe(t2 - t1)
-                FRAME_ROUND_TRIP.observe(t2 - self.sampled_at)
-                self.reply_s = t2 - t0
-            self.sampled_at = 0.0
-        if self.turn_ended_at:
-            TURN_LATENCY.observe(t2 - self.turn_ended_at)
-            self.turn_ended_at = 0.0
-
-    def _fast(self) -> bool:
-        core = self.core
-        return not core.config.paced and not core._queued and not self._inbox.buffered
-
-    def _rearm(self, now: float) -> None:
-        wait = self._wait
-        if wait is not None:
-            deadline = self.core.next_deadline(now)
-            if deadline < wait.deadline:
-                wait.deadline = deadline
-
-    async def play_now(self, audio: PlayAudio) -> bool:
-        """Play unpaced ``audio`` from the calling task if nothing is ahead of it; ``False``
-        (and nothing done) if it must go through playout's inbox."""
-        if not self._fast():
-            return False
-        now = trio.current_time()
-        self.core.enqueue(audio)
-        await self.pump(now)
-        self._rearm(now)
-        return True
-
-    def mark_now(self, name: str) -> PlaybackDone | Literal[False] | None:
-        """Take Twilio's echo of mark ``name`` in the calling task if nothing is ahead of it;
-        ``False`` if it must go through playout's inbox, else what :meth:`PlayoutCore.on_mark`
-        returned (deliver a :class:`PlaybackDone` to the stage)."""
-        if not self._fast():
-            return False
-        now = trio.current_time()
-        done = self.core.on_mark(name, now)
-        wait = self._wait
-        if wait is not None and self.core.idle_at() < wait.deadline:
-            wait.deadline = now  # a hang-up waiting for the drain may go now
-        return done
-
-
-async def run_playout(
-    core: PlayoutCore,
-    inbox: FrameChannel[Frame],
-    send: Callable[[str], Awaitable[None]],
-    to_stage: FrameChannel[Frame],
-    on_hang_up: Callable[[HangUp], None],
-    writer: PlayoutWriter | None = None,
-) -> None:
-    """Run playout for one call until cancelled: the trio shell around :class:`PlayoutCore`.
-
-    ``inbox`` carries :class:`PlayAudio`, :class:`SpeechStarted`, :class:`Interrupt`,
-    :class:`MarkEcho` and :class:`HangUp`; :class:`Interrupted` and :class:`PlaybackDone` go to
-    ``to_stage``. :class:`SpeechStarted` cuts the audio only with ``barge_in`` configured;
-    :class:`Interrupt` (the stage's own barge-in) always does.
-    ``send`` writes one message to Twilio's socket; with a ``writer`` (over the same socket),
-    messages go through it instead, in order with its fast lane.
-    """
-    if writer is None:
-
-        async def send_many(messages: list[str]) -> None:
-            for message in messages:
-                await send(message)
-
-        writer = PlayoutWriter(core, inbox, send_many)
-    write = writer.write
-    hang_up: HangUp | None = None
-    while True:
-        now = trio.current_time()
-        if hang_up is not None and not core.is_playing(now):
-            on_hang_up(hang_up)
-            return
-        deadline = core.next_deadline(now)
-        if hang_up is not None:
-            deadline = min(deadline, core.idle_at())
-        frame: Frame | None = None
-        with trio.CancelScope(deadline=deadline) as wait:
-            writer._wait = wait
-            try:
-                frame = await inbox.receive()
-            finally:
-                writer._wait = None
-        now = trio.current_time()
-        match frame:
-            case PlayAudio():
-                writer.taken(len(frame.ulaw))
-                core.enqueue(frame)
-            case MarkEcho(name=name):
-                done = core.on_mark(name, now)
-                if done is not None:
-                    await to_stage.send(done)
-            case SpeechStarted() | Interrupt():
-                if type(frame) is Interrupt or core.config.barge_in:
-                    cut = core.barge_in(now)
-                    if cut is not None:
-                        await write([cut[0]])
-                        await to_stage.send(cut[1])
-            case HangUp():
-                if not frame.drain:
-                    on_hang_up(frame)
-                    return
-                hang_up = frame
-        await writer.pump(now)

@@ -17,7 +17,7 @@ and text comes out.
   messages the server sends back (§1.3).
 
 Twilio's side of the protocol, which the emulator in ``engine.testing`` plays, is in
-:mod:`engine.media.twilio_side`.
+:mod:`engine.testing.twilio_side`.
 
 The per-frame paths (:meth:`MediaStreamParser.receive` on ``media``, :func:`media_message`)
 run 50 times a second per call, so they take a lean fast path and only diagnose a message
@@ -211,8 +211,17 @@ class ParserStatistics:
     """Total sequence numbers skipped over by those jumps."""
     chunk_gaps: int
     """How many times ``media.chunk`` jumped forward by more than one."""
+    duplicates: int
+    """Messages that repeated the previous ``sequenceNumber``."""
+    out_of_order: int
+    """Messages whose ``sequenceNumber`` went back (they are accepted all the same)."""
     unknown_events: int
     """Well-formed messages with an ``event`` this parser does not know."""
+
+    @property
+    def sequence_anomalies(self) -> int:
+        """Sequence numbers skipped over, repeated or out of order."""
+        return self.gaps + self.duplicates + self.out_of_order
 
 
 # --------------------------------------------------------------------------- the parser
@@ -235,12 +244,14 @@ class MediaStreamParser:
 
     __slots__ = (
         "_chunk_gaps",
+        "_duplicates",
         "_gaps",
         "_last_chunk",
         "_last_seq",
         "_media",
         "_messages",
         "_missing",
+        "_out_of_order",
         "_start",
         "_state",
         "_stream_sid",
@@ -259,6 +270,8 @@ class MediaStreamParser:
         self._gaps = 0
         self._missing = 0
         self._chunk_gaps = 0
+        self._duplicates = 0
+        self._out_of_order = 0
         self._unknown = 0
 
     # ---------------------------------------------------------------- public state
@@ -286,6 +299,8 @@ class MediaStreamParser:
             gaps=self._gaps,
             missing=self._missing,
             chunk_gaps=self._chunk_gaps,
+            duplicates=self._duplicates,
+            out_of_order=self._out_of_order,
             unknown_events=self._unknown,
         )
 
@@ -303,7 +318,8 @@ class MediaStreamParser:
         * 1009 for a message over :data:`MAX_MESSAGE_BYTES`;
         * 1007 for invalid JSON, a non-object, or a field missing, of the wrong type or
           malformed (the message names the field, e.g. ``start.callSid``);
-        * 1002 for a message out of order or a ``sequenceNumber`` that went backwards;
+        * 1002 for a message out of order (``media`` before ``start``, anything after
+          ``stop``); a ``sequenceNumber`` that skips, repeats or goes back is only counted;
         * 1008 for a ``streamSid`` that does not match the stream's.
 
         Raises :class:`~engine.errors.UnknownEventError` (a ``ProtocolError``) for a
@@ -362,13 +378,10 @@ class MediaStreamParser:
                 ok = False
             if ok:
                 seq = int(seq_text)
-                last = self._last_seq
-                if seq != last + 1:
-                    if seq <= last:
-                        raise _backwards(seq, last)
-                    self._gaps += 1
-                    self._missing += seq - last - 1
-                self._last_seq = seq
+                if seq == self._last_seq + 1:
+                    self._last_seq = seq
+                else:
+                    self._advance(seq)
                 chunk = int(chunk_text)
                 last_chunk = self._last_chunk
                 if chunk > last_chunk + 1 and last_chunk >= 0:
@@ -414,14 +427,19 @@ class MediaStreamParser:
         return self._on_stop(msg)
 
     def _advance(self, seq: int) -> None:
-        """Account for one message's ``sequenceNumber``: count gaps, refuse going back."""
+        """Account for one message's ``sequenceNumber``: count jumps forward, repeats and steps
+        back (a phone call is worth more than the strictness: the message still counts)."""
         last = self._last_seq
-        if last >= 0 and seq != last + 1:
-            if seq <= last:
-                raise _backwards(seq, last)
+        if last < 0 or seq == last + 1:
+            self._last_seq = seq
+        elif seq > last:
             self._gaps += 1
             self._missing += seq - last - 1
-        self._last_seq = seq
+            self._last_seq = seq
+        elif seq == last:
+            self._duplicates += 1
+        else:
+            self._out_of_order += 1
 
     def _check_sequenced(self, msg: dict[str, Any], event: str) -> int:
         """Validate ``sequenceNumber`` and ``streamSid`` of a message after ``start``."""
@@ -565,11 +583,6 @@ class MediaStreamParser:
         self._messages += 1
         self._unknown += 1
         raise UnknownEventError(event[:_MAX_EVENT_NAME])
-
-
-def _backwards(seq: int, last: int) -> ProtocolError:
-    """The 1002 error for a sequence number that did not move forward."""
-    return ProtocolError(f"sequenceNumber went backwards: {seq} after {last}", CLOSE_PROTOCOL_ERROR)
 
 
 # --------------------------------------------------------------------------- server → Twilio

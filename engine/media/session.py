@@ -1,24 +1,27 @@
 """One call: a :class:`CallSession` runs the whole media pipeline of a stream in one nursery.
 
-    socket ─▶ reader (parse → decode → VAD/turn, inline) ─▶ stage ─▶ playout ─▶ socket
+    socket ─▶ reader: parse → decode → route ─▶ stage ─▶ playout ─▶ socket
+                      (inline: the stage's per-frame handler, the turn detector)
 
-The reader, the stage and playout are the nursery's three tasks, joined by bounded
-:class:`~engine.media.channels.FrameChannel` s. Per-frame synchronous work (parsing, μ-law
-decode, VAD) runs inline in the reader; a channel hop is paid only where a task may block
-(the stage) or must keep its own time (playout). Playout is the socket's only writer.
+The reader, the stage and playout are the nursery's tasks, joined by bounded
+:class:`~engine.media.channels.FrameChannel` s; a watchdog keeps an eye on the stage and the
+peer. Per-frame synchronous work (parsing, μ-law decode, VAD) runs inline in the reader; a
+channel hop is paid only where a task may block (the stage) or must keep its own time
+(playout, :mod:`engine.media.outbound`). What is measured of a call is measured from outside
+the loop (:mod:`engine.media.probe`).
 
-Whatever ends the call — Twilio's ``stop``, the peer closing or vanishing, a protocol error, a
-failing stage, a hang-up, or cancellation from outside (server shutdown) — cancels the nursery,
-so no task outlives the call, and the socket is closed with a code that says why.
+Whatever ends the call — Twilio's ``stop``, the peer closing, vanishing or going silent, a
+protocol error, a failing or hung stage, a hang-up, or cancellation from outside (server
+shutdown) — cancels the nursery, so no task outlives the call, and the socket is closed with a
+code that says why (:class:`CallEnd`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from time import perf_counter
-from typing import Protocol
+from itertools import count
 
 import trio
 
@@ -27,10 +30,9 @@ from engine.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
-    CallRejected,
     ConnectionClosed,
+    EngineError,
     ProtocolError,
-    TokenError,
     UnknownEventError,
 )
 from engine.media.channels import FrameChannel
@@ -43,55 +45,23 @@ from engine.media.frames import (
     Interrupt,
     MarkEcho,
     PlayAudio,
-    SpeechEnded,
     SpeechStarted,
 )
-from engine.media.playout import (
-    PlayoutConfig,
-    PlayoutCore,
-    PlayoutStatistics,
-    PlayoutWriter,
-    run_playout,
-)
+from engine.media.outbound import OrderedWriter, Playout
+from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics
+from engine.media.probe import CallProbe
 from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Start, Stop
 from engine.media.protocol import Dtmf as DtmfEvent
+from engine.media.socket import MediaSocket
 from engine.media.stage import CallContext, Stage
-from engine.media.vad import TurnConfig, TurnDetector
-from engine.metrics import FRAME_STEP, CallCounts
+from engine.media.vad import TurnConfig, TurnDetector, TurnEvent
+from engine.metrics import CallCounts
 
-__all__ = ["Authorizer", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
+__all__ = ["Authorizer", "CallEnd", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
 
 log = logging.getLogger(__name__)
 
-SAMPLE_EVERY = 64
-"""One inbound message in this many per call has its steps timed (``FRAME_STEP``)."""
-_DECODE = FRAME_STEP.labels("decode")
-_VAD = FRAME_STEP.labels("vad")
-_STAGE = FRAME_STEP.labels("stage")
-
-
-class MediaSocket(Protocol):
-    """The WebSocket a session talks over (already accepted).
-
-    ``receive`` and ``send`` raise :class:`~engine.errors.ConnectionClosed` once the peer is gone.
-    """
-
-    async def receive(self) -> str | bytes:
-        """The next message."""
-        ...
-
-    async def send(self, message: str) -> None:
-        """Send one text message."""
-        ...
-
-    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Close the socket (idempotent; never raises for a peer that is already gone)."""
-        ...
-
-
-Authorizer = Callable[[Start], Mapping[str, str]]
-"""Checks a stream's ``start`` (its token); returns the verified custom parameters or raises
-:class:`~engine.errors.TokenError` / :class:`~engine.errors.CallRejected`."""
+_calls = count()  # which calls are probed (SessionConfig.probe_every)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +79,26 @@ class SessionConfig:
     stage_stall_timeout: float = 10.0
     """A stage that takes nothing from a non-empty inbox for this long is hung: the call ends
     (close 1011) rather than sitting there forever."""
+    silence_timeout: float = 5.0
+    """Twilio sends a message every 20 ms; a stream that sends nothing for this long is dead
+    (a partition, a stuck proxy) and is ended, freeing its call slot."""
     playout_inbox_size: int = 64
+    probe_every: int = 16
+    """One call in this many has its per-frame steps timed for the metrics (the first call
+    always); 0 times none."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """Why a call ended, and how its socket was closed."""
+
+    reason: str
+    """``stop``, ``hang-up``, ``peer-closed``, ``peer-silent``, ``protocol-error``,
+    ``stage-error``, ``stage-stalled``, ``stage-finished``, ``rejected``, ``start-timeout``
+    or ``shutdown``."""
+    close_code: int | None = CLOSE_NORMAL
+    """The close code sent (``None``: the peer was gone, nothing was sent)."""
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +107,28 @@ class CallOutcome:
 
     call_sid: str | None
     stream_sid: str | None
-    reason: str
-    """``stop``, ``hang-up``, ``peer-closed``, ``protocol-error``, ``stage-error``,
-    ``stage-stalled``, ``stage-finished``, ``rejected``, ``start-timeout`` or ``shutdown``."""
-    close_code: int | None
-    error: str | None
+    end: CallEnd
     media_frames: int
     dropped_frames: int
-    sequence_gaps: int
+    sequence_anomalies: int
+    """Sequence numbers skipped, repeated or out of order (counted; the call went on)."""
+    unknown_events: int
     playout: PlayoutStatistics | None
+
+    @property
+    def reason(self) -> str:
+        """Why the call ended (``end.reason``)."""
+        return self.end.reason
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code sent (``end.close_code``)."""
+        return self.end.close_code
+
+
+Authorizer = Callable[[Start], Mapping[str, str]]
+"""Checks a stream's ``start`` (its token); returns the verified custom parameters or raises
+an :class:`~engine.errors.EngineError` whose ``close_code`` ends the stream."""
 
 
 class CallSession:
@@ -143,20 +145,24 @@ class CallSession:
         *,
         authorize: Authorizer,
         config: SessionConfig | None = None,
+        logger: logging.Logger = log,
     ) -> None:
+        """``logger`` takes what the call has to say (one line at INFO when it ends)."""
+        self.config = config = config or SessionConfig()
+        self._log = logger
         self._socket = socket
-        self._batched = hasattr(socket, "send_many")  # e.g. the dedicated listener's sockets
         self._select_stage = select_stage
         self._authorize = authorize
-        self.config = config or SessionConfig()
+        every = config.probe_every
+        self._timed = every > 0 and next(_calls) % every == 0
         self._parser = MediaStreamParser()
         self._scope: trio.CancelScope | None = None
-        self._end_reason: tuple[str, int | None, str | None] | None = None
+        self._end: CallEnd | None = None
         self._stage_inbox: FrameChannel[Frame] = FrameChannel(
-            self.config.stage_inbox_size, lambda frame: type(frame) is Audio
+            config.stage_inbox_size, lambda frame: type(frame) is Audio
         )
-        self._playout_inbox: FrameChannel[Frame] = FrameChannel(self.config.playout_inbox_size)
-        self._playout: PlayoutCore | None = None
+        self._playout_inbox: FrameChannel[Frame] = FrameChannel(config.playout_inbox_size)
+        self._playout: Playout | None = None
         self._stage_scope = trio.CancelScope()
         self._notice: bytes | None = None
         self._winding_down = False
@@ -175,7 +181,7 @@ class CallSession:
         playout = self._playout
         return CallCounts(
             frames_in=self._parser.statistics().media,
-            frames_out=playout.statistics().sent_ms // 20 if playout is not None else 0,
+            frames_out=playout.core.statistics().sent_ms // 20 if playout is not None else 0,
             frames_dropped=self._stage_inbox.statistics().dropped,
         )
 
@@ -183,25 +189,30 @@ class CallSession:
         self, reason: str, close_code: int | None = CLOSE_NORMAL, error: str | None = None
     ) -> None:
         """End the call (first reason wins); safe to call from any task or from outside."""
-        if self._end_reason is None:
-            self._end_reason = (reason, close_code, error)
+        if self._end is None:
+            self._end = CallEnd(reason, close_code, error)
         if self._scope is not None:
             self._scope.cancel()
 
+    def _fail(self, reason: str, exc: EngineError) -> None:
+        self.end(reason, exc.close_code, str(exc))
+
     def wind_down(self, notice: bytes | None = None, reason: str = "shutdown") -> None:
         """End the call politely: stop the stage, cut its audio, play ``notice`` (8 kHz μ-law,
-        e.g. "we have to end this call now"), then close normally once it has played.
+        e.g. "we have to end this call now") whole — the caller's speech does not cut it —
+        then close normally once it has played.
 
         The call's outcome gives ``reason``. A call whose pipeline has not started yet simply
         ends. Calling :meth:`end` afterwards still ends the call at once.
         """
-        if self._end_reason is None:
-            self._end_reason = (reason, CLOSE_NORMAL, None)
+        if self._end is None:
+            self._end = CallEnd(reason, CLOSE_NORMAL)
         if self._playout is None:
             self.end(reason, CLOSE_NORMAL)
             return
         self._notice = notice
         self._winding_down = True
+        self._playout.barge_in = False
         self._stage_scope.cancel()
 
     async def run(self) -> CallOutcome:
@@ -209,7 +220,7 @@ class CallSession:
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
-                if self._end_reason is not None:
+                if self._end is not None:
                     scope.cancel()
                 parameters = await self._open()
                 if parameters is not None:
@@ -225,7 +236,8 @@ class CallSession:
                 while self.start is None:
                     try:
                         event = self._parser.receive(await self._socket.receive())
-                    except UnknownEventError:
+                    except UnknownEventError as exc:
+                        self._note_unknown(exc)
                         continue
                     if isinstance(event, Start):
                         self.start = event
@@ -234,13 +246,13 @@ class CallSession:
             return self._authorize(self.start)
         except trio.TooSlowError:
             self.end("start-timeout", CLOSE_POLICY_VIOLATION, "no start message in time")
-        except (TokenError, CallRejected) as exc:
-            log.warning("call %s rejected: %s", self.call_sid, exc)
-            self.end("rejected", exc.close_code, str(exc))
         except ProtocolError as exc:
-            self.end("protocol-error", exc.close_code, str(exc))
+            self._fail("protocol-error", exc)
         except ConnectionClosed as exc:
-            self.end("peer-closed", None, str(exc))
+            self._fail("peer-closed", exc)
+        except EngineError as exc:  # TokenError, CallRejected, Overloaded: refused
+            self._log.warning("call %s rejected: %s", self.call_sid, exc)
+            self._fail("rejected", exc)
         return None
 
     async def _pipeline(self, parameters: Mapping[str, str]) -> None:
@@ -249,16 +261,29 @@ class CallSession:
         try:
             stage = self._select_stage(parameters)
         except Exception as exc:
-            log.exception("could not make the stage of call %s", start.call_sid)
+            self._log.exception("could not make the stage of call %s", start.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
-        playout_config = replace(
-            self.config.playout,
-            barge_in=self.config.playout.barge_in and stage.barge_in,
-            paced=self.config.playout.paced and stage.paced,
+        probe = CallProbe(timed=self._timed, round_trip=stage.inline_audio or stage.receives_audio)
+        socket = self._socket
+        if probe.timed or stage.turn_detection:
+            socket = probe.socket(socket)
+        core = PlayoutCore(
+            start.stream_sid,
+            replace(
+                self.config.playout,
+                barge_in=self.config.playout.barge_in and stage.barge_in,
+                paced=self.config.playout.paced and stage.paced,
+            ),
         )
-        self._playout = PlayoutCore(start.stream_sid, playout_config)
-        writer = PlayoutWriter(self._playout, self._playout_inbox, self._send_many)
+        playout = self._playout = Playout(
+            core,
+            self._playout_inbox,
+            OrderedWriter(self._guarded(socket)),
+            self._stage_inbox,
+            self._on_hang_up,
+            pump=probe.step("encode", core.pump),
+        )
         call = CallContext(
             call_sid=start.call_sid,
             stream_sid=start.stream_sid,
@@ -266,42 +291,27 @@ class CallSession:
             parameters=parameters,
             inbox=self._stage_inbox,
             playout=self._playout_inbox,
-            play_now=writer.play_now,
-            reserve=writer.reserve,
+            play_now=playout.play_now,
+            reserve=playout.room.reserve,
         )
-        log.info("call %s stream %s started", start.call_sid, start.stream_sid)
+        self._log.debug("call %s stream %s started", start.call_sid, start.stream_sid)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_stage)
-            nursery.start_soon(self._read, stage, call, writer)
+            nursery.start_soon(self._watchdog)
+            nursery.start_soon(self._read, socket, stage, call, probe)
             nursery.start_soon(self._run_stage, stage, call)
-            nursery.start_soon(
-                run_playout,
-                self._playout,
-                self._playout_inbox,
-                self._send,
-                self._stage_inbox,
-                self._on_hang_up,
-                writer,
-            )
+            nursery.start_soon(playout.run)
 
-    async def _send(self, message: str) -> None:
-        try:
-            await self._socket.send(message)
-        except ConnectionClosed as exc:
-            self.end("peer-closed", None, str(exc))
-            await trio.lowlevel.checkpoint()
+    def _guarded(self, socket: MediaSocket) -> Callable[[list[str]], Awaitable[None]]:
+        send_many = socket.send_many
 
-    async def _send_many(self, messages: list[str]) -> None:
-        socket = self._socket
-        try:
-            if self._batched:
-                await socket.send_many(messages)  # type: ignore[attr-defined]
-            else:
-                for message in messages:
-                    await socket.send(message)
-        except ConnectionClosed as exc:
-            self.end("peer-closed", None, str(exc))
-            await trio.lowlevel.checkpoint()
+        async def send(messages: list[str]) -> None:
+            try:
+                await send_many(messages)
+            except ConnectionClosed as exc:
+                self._fail("peer-closed", exc)
+                await trio.lowlevel.checkpoint()
+
+        return send
 
     def _on_hang_up(self, hang_up: HangUp) -> None:
         self.end("hang-up", CLOSE_NORMAL, hang_up.reason)
@@ -311,128 +321,147 @@ class CallSession:
             with self._stage_scope:
                 await stage.run(call)
         except Exception as exc:
-            log.exception("stage of call %s failed", call.call_sid)
+            self._log.exception("stage of call %s failed", call.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
+        outbox = self._playout_inbox
         if self._winding_down:
-            await self._playout_inbox.send(Interrupt("wind-down"))
+            await outbox.send(Interrupt("wind-down"))
             if self._notice:
-                await self._playout_inbox.send(PlayAudio(self._notice, "wind-down"))
-            await self._playout_inbox.send(HangUp(self._end_reason[0] if self._end_reason else ""))
+                await outbox.send(PlayAudio(self._notice, "wind-down"))
+            await outbox.send(HangUp(self._end.reason if self._end else ""))
         else:
-            await self._playout_inbox.send(HangUp("stage-finished"))
+            await outbox.send(HangUp("stage-finished"))
 
-    async def _watch_stage(self) -> None:
-        timeout = self.config.stage_stall_timeout
-        inbox = self._stage_inbox
-        taken, since = -1, trio.current_time()
+    async def _watchdog(self) -> None:
+        """End the call if the stage stops taking frames, or the peer stops sending."""
+        config = self.config
+        inbox, parser = self._stage_inbox, self._parser
+        period = min(1.0, config.stage_stall_timeout / 4, config.silence_timeout / 4)
+        taken, stage_since = -1, trio.current_time()
+        heard, peer_since = -1, stage_since
         while True:
-            await trio.sleep(min(1.0, timeout / 4))
-            stats = inbox.statistics()
+            await trio.sleep(period)
             now = trio.current_time()
+            stats = inbox.statistics()
             if stats.received != taken or not stats.current_buffer_used:
-                taken, since = stats.received, now
-            elif now - since >= timeout:
-                log.warning("call %s: the stage took nothing for %.0f s", self.call_sid, timeout)
+                taken, stage_since = stats.received, now
+            elif now - stage_since >= config.stage_stall_timeout:
+                self._log.warning(
+                    "call %s: the stage took nothing for %.0f s", self.call_sid, now - stage_since
+                )
                 self.end("stage-stalled", CLOSE_INTERNAL_ERROR, "the stage stopped responding")
                 return
+            messages = parser.statistics().messages
+            if messages != heard:
+                heard, peer_since = messages, now
+            elif now - peer_since >= config.silence_timeout:
+                self._log.warning(
+                    "call %s: nothing from Twilio for %.0f s", self.call_sid, now - peer_since
+                )
+                self.end("peer-silent", CLOSE_GOING_AWAY, "the stream went silent")
+                return
 
-    async def _read(self, stage: Stage, call: CallContext, writer: PlayoutWriter) -> None:
-        parser = self._parser
-        receive = self._socket.receive
-        detector = TurnDetector(self.config.turn) if stage.turn_detection else None
-        to_stage = self._stage_inbox
-        to_playout = self._playout_inbox
-        inline = stage.on_audio if stage.inline_audio else None
+    def _note_unknown(self, exc: UnknownEventError) -> None:
+        if self._parser.statistics().unknown_events == 1:
+            self._log.info(
+                "call %s: ignoring %s (further ones are only counted)", self.call_sid, exc
+            )
+
+    async def _read(
+        self, socket: MediaSocket, stage: Stage, call: CallContext, probe: CallProbe
+    ) -> None:
+        """The frame loop: parse → decode → route, until the stream stops."""
+        receive, parse = socket.receive, self._parser.receive
+        decode = probe.step("decode", ulaw_decode)
+        inline = probe.async_step("stage", stage.on_audio) if stage.inline_audio else None
         wants_audio = stage.receives_audio and inline is None
-        # Step timings for the metrics, on one inbound message in SAMPLE_EVERY.
-        tick = 0
-        t0 = t1 = 0.0
+        detect = None
+        if stage.turn_detection:
+            detect = probe.turns(probe.step("vad", TurnDetector(self.config.turn).process))
+        to_stage = self._stage_inbox
         try:
             while True:
-                message = await receive()
-                tick += 1
-                sample = not tick % SAMPLE_EVERY
-                if sample:
-                    t0 = perf_counter()
                 try:
-                    event = parser.receive(message)
+                    event = parse(await receive())
                 except UnknownEventError as exc:
-                    log.info("call %s: ignoring %s", self.call_sid, exc)
+                    self._note_unknown(exc)
                     continue
                 if type(event) is Media:
                     if event.track != "inbound":
                         continue
-                    pcm = ulaw_decode(event.payload)
-                    if sample:
-                        t1 = perf_counter()
-                        _DECODE.observe(t1 - t0)
-                        if (inline is not None or wants_audio) and not writer.sampled_at:
-                            writer.sampled_at = t0
-                    if inline is not None and not self._winding_down:
-                        try:
+                    pcm = decode(event.payload)
+                    if inline is not None:
+                        if not self._winding_down:
                             await inline(call, Audio(event.payload, pcm, event.timestamp))
-                        except Exception as exc:
-                            log.exception("stage of call %s failed", self.call_sid)
-                            self.end(
-                                "stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
-                            )
-                            return
-                        if sample:
-                            _STAGE.observe(max(0.0, perf_counter() - t1 - writer.reply_s))
-                            writer.reply_s = 0.0
                     elif wants_audio:
                         to_stage.send_nowait(Audio(event.payload, pcm, event.timestamp))
-                    if detector is not None:
-                        if sample:
-                            t1 = perf_counter()
-                        turn_events = detector.process(pcm, event.timestamp)
-                        if sample:
-                            _VAD.observe(perf_counter() - t1)
-                        for turn_event in turn_events:
-                            if type(turn_event) is SpeechStarted:
-                                writer.turn_ended_at = 0.0
-                                await to_playout.send(turn_event)
-                            elif type(turn_event) is SpeechEnded:
-                                writer.turn_ended_at = perf_counter()
-                            await to_stage.send(turn_event)
+                    if detect is not None:
+                        for turn in detect(pcm, event.timestamp):
+                            await self._route_turn(turn)
                 elif type(event) is Mark:
-                    done = writer.mark_now(event.name)
-                    if done is False:
-                        await to_playout.send(MarkEcho(event.name))
-                    elif done is not None:
-                        await to_stage.send(done)
+                    await self._route_mark(event.name)
                 elif type(event) is DtmfEvent:
                     await to_stage.send(Dtmf(event.digit))
                 elif type(event) is Stop:
                     self.end("stop", CLOSE_NORMAL)
                     return
-        except ProtocolError as exc:
-            log.warning("call %s: protocol error: %s", self.call_sid, exc)
-            self.end("protocol-error", exc.close_code, str(exc))
+        except ProtocolError as exc:  # including a message too big for the socket
+            self._log.warning("call %s: protocol error: %s", self.call_sid, exc)
+            self._fail("protocol-error", exc)
         except ConnectionClosed as exc:
-            self.end("peer-closed", None, str(exc))
+            self._fail("peer-closed", exc)
+        except Exception as exc:  # raised by the stage's inline handler
+            self._log.exception("stage of call %s failed", self.call_sid)
+            self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    async def _route_turn(self, turn: TurnEvent) -> None:
+        if type(turn) is SpeechStarted:
+            await self._playout_inbox.send(turn)  # barge-in
+        await self._stage_inbox.send(turn)
+
+    async def _route_mark(self, name: str) -> None:
+        assert self._playout is not None
+        done = self._playout.mark_now(name)
+        if done is False:
+            await self._playout_inbox.send(MarkEcho(name))
+        elif done is not None:
+            await self._stage_inbox.send(done)
 
     async def _close(self) -> None:
-        if self._end_reason is None:
-            self._end_reason = ("shutdown", CLOSE_GOING_AWAY, None)
-        reason, code, error = self._end_reason
+        end = self._end or CallEnd("shutdown", CLOSE_GOING_AWAY)
+        self._end = end
         self._stage_inbox.close()
         self._playout_inbox.close()
-        if code is not None:
+        if end.close_code is not None:
             with trio.move_on_after(self.config.close_timeout) as scope:
                 scope.shield = True
-                await self._socket.close(code, (error or reason)[:120])
+                await self._socket.close(end.close_code, (end.error or end.reason)[:120])
         stats = self._parser.statistics()
         self.outcome = CallOutcome(
             call_sid=self.call_sid,
             stream_sid=self.start.stream_sid if self.start else None,
-            reason=reason,
-            close_code=code,
-            error=error,
+            end=end,
             media_frames=stats.media,
             dropped_frames=self._stage_inbox.statistics().dropped,
-            sequence_gaps=stats.gaps,
-            playout=self._playout.statistics() if self._playout else None,
+            sequence_anomalies=stats.sequence_anomalies,
+            unknown_events=stats.unknown_events,
+            playout=self._playout.core.statistics() if self._playout else None,
         )
-        log.info("call %s ended: %s%s", self.call_sid, reason, f" ({error})" if error else "")
+        if stats.sequence_anomalies or stats.unknown_events:
+            self._log.info(
+                "call %s: %d sequence numbers skipped, %d repeated, %d out of order; "
+                "%d unknown events",
+                self.call_sid,
+                stats.gaps,
+                stats.duplicates,
+                stats.out_of_order,
+                stats.unknown_events,
+            )
+        self._log.info(
+            "call %s ended: %s%s (close %s)",
+            self.call_sid,
+            end.reason,
+            f", {end.error}" if end.error else "",
+            end.close_code,
+        )

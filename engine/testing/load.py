@@ -31,7 +31,7 @@ from wsproto.events import (
 )
 
 from engine.control.signature import compute_signature
-from engine.media import twilio_side
+from engine.testing import twilio_side
 from engine.testing.caller import ring
 
 __all__ = ["LoadCall", "run_load_call"]

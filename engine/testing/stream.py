@@ -24,8 +24,8 @@ import trio_websocket
 
 from engine.control.signature import compute_signature
 from engine.errors import ProtocolError
-from engine.media import twilio_side
 from engine.media.codec import FRAME_BYTES, SILENCE_BYTE
+from engine.testing import twilio_side
 
 __all__ = ["EmulatedStream", "StreamRecord", "new_sid", "open_stream"]
 
@@ -108,6 +108,7 @@ class EmulatedStream:
         self._send_lock = trio.Lock()
         self._mark_index: dict[str, int] = {}
         self._stopped = False
+        self._silent = False
         self._last_timestamp = 0
         self.closed = trio.Event()
         """Set when the socket has closed (either side)."""
@@ -141,6 +142,8 @@ class EmulatedStream:
 
     async def _send(self, build: _Builder) -> None:
         async with self._send_lock:
+            if self._silent:
+                await trio.sleep_forever()
             if self._stopped:
                 raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, "stopped"))
             self._seq += 1
@@ -273,6 +276,11 @@ class EmulatedStream:
     async def send_numbered(self, build: Callable[[int], str]) -> None:
         """Send ``build(sequence_number)`` with the stream's next sequence number."""
         await self._send(build)
+
+    def go_silent(self) -> None:
+        """Send nothing more — no audio, no mark echoes — with the connection left open, as a
+        network partition or a stuck proxy would."""
+        self._silent = True
 
     async def send_raw(self, message: str | bytes) -> None:
         """Send any message as it is — for testing how a server takes malformed input."""

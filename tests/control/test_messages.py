@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from conftest import SPEC_PATH
+from conftest import spec_json
 from engine.control.messages import e164, message_output
 from engine.errors import InvalidInput
 
@@ -39,7 +38,7 @@ SEED_SHAPE: dict[str, Any] = {
 def spec_message_example() -> dict[str, Any]:
     """A Message resource with a value of the right type for every property of the spec's
     ``api.v2010.account.message`` schema."""
-    spec = json.loads(SPEC_PATH.read_text())
+    spec = spec_json()
     schema = spec["components"]["schemas"]["api.v2010.account.message"]["properties"]
     values: dict[str, Any] = {}
     for name, prop in schema.items():

@@ -18,8 +18,9 @@ from engine.media.frames import (
     PlaybackDone,
     SpeechStarted,
 )
-from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics, run_playout
-from engine.media.twilio_side import OutboundEvent, OutClear, OutMark, OutMedia, parse_outbound
+from engine.media.outbound import run_playout
+from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics
+from engine.testing.twilio_side import OutboundEvent, OutClear, OutMark, OutMedia, parse_outbound
 
 SID = "MZ0123456789abcdef0123456789abcdef"
 BYTES_PER_MS = 8

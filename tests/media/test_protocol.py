@@ -66,7 +66,14 @@ def test_examples_parse_in_documented_order() -> None:
     assert parser.start == EXAMPLE_EVENTS[1]
     assert parser.stopped
     assert parser.statistics() == ParserStatistics(
-        messages=6, media=1, gaps=0, missing=0, chunk_gaps=0, unknown_events=0
+        messages=6,
+        media=1,
+        gaps=0,
+        missing=0,
+        chunk_gaps=0,
+        duplicates=0,
+        out_of_order=0,
+        unknown_events=0,
     )
 
 
@@ -477,30 +484,6 @@ MALFORMED: list[tuple[str, list[str], str | bytes, type[ProtocolError], int, str
         "media.track",
     ),
     (
-        "sequenceNumber going backwards",
-        [*STREAMING, dumps(media_d(2, 1))],
-        dumps(media_d(2, 2)),
-        ProtocolError,
-        CLOSE_PROTOCOL_ERROR,
-        "sequenceNumber went backwards",
-    ),
-    (
-        "sequenceNumber going backwards on dtmf",
-        [*STREAMING, dumps(media_d(5, 1))],
-        dumps(dtmf_d(4)),
-        ProtocolError,
-        CLOSE_PROTOCOL_ERROR,
-        "sequenceNumber went backwards",
-    ),
-    (
-        "unknown event going backwards",
-        [*STREAMING, dumps(media_d(5, 1))],
-        dumps({"event": "speak", "sequenceNumber": "5"}),
-        ProtocolError,
-        CLOSE_PROTOCOL_ERROR,
-        "sequenceNumber went backwards",
-    ),
-    (
         "dtmf missing digit",
         STREAMING,
         with_change(dtmf_d(2), "dtmf.digit", DELETE),
@@ -586,7 +569,14 @@ def test_unknown_event_is_counted_and_parser_carries_on() -> None:
     assert parser.receive(dumps(media_d(4, 2))) == Media(4, "inbound", 2, 5, SILENCE)
     assert parser.receive(dumps(stop_d(5))) == Stop(5, ACCOUNT, CALL)
     assert parser.statistics() == ParserStatistics(
-        messages=6, media=2, gaps=0, missing=0, chunk_gaps=0, unknown_events=1
+        messages=6,
+        media=2,
+        gaps=0,
+        missing=0,
+        chunk_gaps=0,
+        duplicates=0,
+        out_of_order=0,
+        unknown_events=1,
     )
 
 
@@ -630,6 +620,34 @@ def test_huge_unknown_event_name_is_cut_short() -> None:
 
 
 # --------------------------------------------------------------------------- gaps
+
+
+@pytest.mark.parametrize(
+    ("sequence", "anomalies"),
+    [
+        # (gaps, duplicates, out of order): each message still counts and is returned.
+        ([2, 3, 3, 4], (0, 1, 0)),
+        ([2, 4, 3, 5], (1, 0, 1)),  # 3 arrives late: after the jump to 4
+        ([5, 2], (1, 0, 1)),
+        ([2, 2, 2], (0, 2, 0)),
+        ([2, 1, 3], (0, 0, 1)),  # back to start's own number
+        ([10, 9, 8, 11], (1, 0, 2)),
+    ],
+)
+def test_sequence_numbers_that_skip_repeat_or_go_back_are_counted_not_refused(
+    sequence: list[int], anomalies: tuple[int, int, int]
+) -> None:
+    parser = streaming_parser()
+    for chunk, seq in enumerate(sequence, start=1):
+        assert parser.receive(dumps(media_d(seq, chunk))) == Media(
+            seq, "inbound", chunk, 5, SILENCE
+        )
+    parser.receive(dumps(dtmf_d(max(sequence) - 1)))  # any event type may come back
+    stats = parser.statistics()
+    gaps, duplicates, out_of_order = anomalies
+    assert (stats.gaps, stats.duplicates, stats.out_of_order - 1) == anomalies
+    assert stats.sequence_anomalies == gaps + duplicates + out_of_order + 1
+    assert stats.media == len(sequence)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Property-based fuzzing of the Media Streams parsers: ``engine.media.protocol`` (the server
-side), ``engine.media.twilio_side.parse_outbound`` (Twilio's side) and ``engine.media._fields``.
+side), ``engine.testing.twilio_side.parse_outbound`` (Twilio's side) and ``engine.media._fields``.
 
 Whatever arrives — arbitrary text or bytes, arbitrary JSON, valid messages with a field removed,
 retyped, oversized, badly encoded or nested deep — nothing but
@@ -37,7 +37,7 @@ from engine.media.protocol import (
     mark_message,
     media_message,
 )
-from engine.media.twilio_side import (
+from engine.testing.twilio_side import (
     OutboundEvent,
     OutClear,
     OutMark,
@@ -168,7 +168,7 @@ def _dump(draw: st.DrawFn, message: dict[str, Any]) -> str:
 def streams(draw: st.DrawFn) -> Stream:
     """A valid stream: connected, start, media/dtmf/mark with sequence and chunk gaps, maybe stop.
 
-    Each message is written either by ``engine.media.twilio_side``'s builders or by ``json.dumps``
+    Each message is written either by ``engine.testing.twilio_side``'s builders or by ``json.dumps``
     in a random style (with an extra field or two, which the parser must ignore).
     """
     texts: list[str] = []
@@ -269,6 +269,8 @@ def streams(draw: st.DrawFn) -> Stream:
         gaps=gaps,
         missing=missing,
         chunk_gaps=chunk_gaps,
+        duplicates=0,
+        out_of_order=0,
         unknown_events=0,
     )
     return Stream(texts, dicts, events, statistics, stopped)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import trio
 import trio_websocket
+from prometheus_client import REGISTRY
 
 from conftest import sentences, spoken
 from engine.control.signature import compute_signature
@@ -18,10 +19,11 @@ from engine.media.session import SessionConfig
 from engine.media.stage import CallContext, Stage
 from engine.server import ServerConfig, VoiceServer
 from engine.testing import StreamRecord, open_inbound_call
+from engine.testing.twilio_side import inbound_media_message
 from pipelines.echo import Echo
 
 TOKEN = "test-auth-token"
-SESSION_TASKS = ("_read", "_run_stage", "run_playout", "_watch_stage")
+SESSION_TASKS = ("_read", "_run_stage", "Playout.run", "_watchdog")
 
 
 class FragileEcho(Echo):
@@ -39,9 +41,9 @@ class FragileEcho(Echo):
 MEDIA_PORT: int | None = None
 
 
-@pytest.fixture(autouse=True, params=[None, 0], ids=["via-hypercorn", "media-listener"])
+@pytest.fixture(autouse=True, params=[None, 0], ids=["one-port", "media-port"])
 def media_path(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run every test on both media paths: through hypercorn, and on the dedicated listener."""
+    """Run every test with media on the server's one port, and on a port of its own."""
     global MEDIA_PORT
     MEDIA_PORT = request.param
     yield
@@ -252,3 +254,58 @@ async def test_shutdown_ends_calls_with_going_away() -> None:
         with trio.fail_after(3):
             await call.closed.wait()
     assert call.record.close_code == 1001
+
+
+async def test_a_stream_that_goes_silent_is_ended(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    async with running_server(silence_timeout=1.0) as (server, url):
+        async with open_inbound_call(url, TOKEN) as call:
+            await call.pause(0.3)
+            call.go_silent()  # TCP stays open; Twilio would never be quiet this long
+            silent_at = trio.current_time()
+            with trio.fail_after(3):
+                await call.closed.wait()
+        assert 0.9 < trio.current_time() - silent_at < 2.5
+        assert call.record.close_code == 1001
+        with trio.fail_after(2):
+            while server.sessions:
+                await trio.sleep(0.01)
+    assert "ended: peer-silent" in caplog.text
+
+
+async def test_sequence_numbers_out_of_order_are_counted_and_the_audio_still_flows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
+    audio = spoken(sentences()[4])[:3200]
+    frames = [audio[i : i + 160] for i in range(0, len(audio), 160)]
+    before = REGISTRY.get_sample_value("voice_engine_sequence_anomalies_total") or 0.0
+    async with running_server() as (_server, url):
+        async with open_inbound_call(url, TOKEN) as call:
+            await call.pause(0.2)
+            for k, frame in enumerate(frames):
+                # Every frame claims sequence number 2: repeated, then far behind the mic's.
+                await call.send_raw(
+                    inbound_media_message(2, call.stream_sid, 10_000 + k, 60_000 + 20 * k, frame)
+                )
+            await call.pause(0.3)
+        assert not call.record.closed_by_server
+        echoed = [payload for _, payload in call.record.received]
+        assert all(frame in echoed for frame in frames)  # every one of them came back
+    after = REGISTRY.get_sample_value("voice_engine_sequence_anomalies_total") or 0.0
+    assert after - before >= len(frames)
+    summaries = [r for r in caplog.records if "out of order" in r.getMessage()]
+    assert len(summaries) == 1, summaries  # one line for the call, not one per message
+
+
+async def test_an_oversized_message_is_logged_as_what_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
+    async with running_server() as (_server, url), open_inbound_call(url, TOKEN) as call:
+        await call.pause(0.2)
+        await call.send_raw("x" * 70_000)
+        with trio.fail_after(2):
+            await call.closed.wait()
+    assert call.record.close_code == 1009
+    assert "ended: protocol-error, message over 65536 bytes (close 1009)" in caplog.text

@@ -8,13 +8,12 @@ resources against the spec's schemas.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -25,6 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from twilio.request_validator import RequestValidator
 
+from conftest import SPEC_PATH, spec_json
 from engine.server import ServerConfig, VoiceServer
 from engine.testing.twilio_api import TwilioEmulator, open_twilio_emulator
 from pipelines import echo
@@ -37,14 +37,13 @@ RFC_2822 = re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d
 
 
 def spec_path() -> Path:
-    """Twilio's OpenAPI document, shared beside the repository (never copied into it)."""
-    return Path(__file__).resolve().parents[2].parent / "shared/twilio/twilio_api_v2010.json"
+    """Twilio's OpenAPI document, as vendored in the package (gzipped)."""
+    return SPEC_PATH
 
 
-@cache
 def spec() -> dict[str, Any]:
     """Twilio's OpenAPI document, parsed (once per test session)."""
-    return json.loads(spec_path().read_text())  # type: ignore[no-any-return]
+    return spec_json()
 
 
 @asynccontextmanager

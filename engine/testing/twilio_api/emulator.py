@@ -176,7 +176,7 @@ class TwilioEmulator:
 @asynccontextmanager
 async def open_twilio_emulator(
     *,
-    spec_path: Path | PathLike[str] | str,
+    spec_path: Path | PathLike[str] | str | None = None,
     account_sid: str | None = None,
     auth_token: str | None = None,
     host: str = "127.0.0.1",
@@ -184,11 +184,12 @@ async def open_twilio_emulator(
 ) -> AsyncIterator[TwilioEmulator]:
     """Run the emulated Twilio REST API on ``host:port`` (0: a free port) until the block exits.
 
-    ``spec_path`` is Twilio's OpenAPI document ``twilio_api_v2010.json``. The account SID and
+    ``spec_path`` is Twilio's OpenAPI document ``twilio_api_v2010.json`` (plain or gzipped);
+    by default the copy that ships with the engine. The account SID and
     Auth Token are generated unless given. On exit every call, message and callback in flight is
     cancelled (a live media stream still gets its ``stop``).
     """
-    spec = ApiSpec.load(Path(spec_path))
+    spec = ApiSpec.load() if spec_path is None else ApiSpec.load(Path(spec_path))
     async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
         emulator = TwilioEmulator(
             spec,

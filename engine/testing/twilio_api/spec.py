@@ -1,10 +1,11 @@
 """Twilio's OpenAPI description, read to check requests and shape resources.
 
-:class:`ApiSpec` reads ``twilio_api_v2010.json`` (Twilio's OpenAPI document, loaded from disk,
-never copied into the project) and checks a form-encoded request body against one operation:
-only the parameters the operation lists, each at most once unless its type is an array, the
-required ones present, enums, integers, booleans, SID patterns and URLs well-formed. It also knows
-the properties of each resource schema, so the emulator answers with every one of them.
+:class:`ApiSpec` reads ``twilio_api_v2010.json`` (Twilio's OpenAPI document; the published file
+ships gzipped in ``data/``, see ``data/SOURCE.md``: :data:`BUNDLED_SPEC`) and checks a
+form-encoded request body against one operation: only the parameters the operation lists, each
+at most once unless its type is an array, the required ones present, enums, integers, booleans,
+SID patterns and URLs well-formed. It also knows the properties of each resource schema, so the
+emulator answers with every one of them.
 
 Every failure is an :class:`ApiError` carrying Twilio's HTTP status, error code and message;
 Twilio's rules beyond the spec are in :mod:`engine.testing.twilio_api.rules`.
@@ -12,6 +13,7 @@ Twilio's rules beyond the spec are in :mod:`engine.testing.twilio_api.rules`.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +24,7 @@ from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 __all__ = [
+    "BUNDLED_SPEC",
     "ApiError",
     "ApiSpec",
     "FormValues",
@@ -30,6 +33,9 @@ __all__ = [
     "error_body",
     "first_value",
 ]
+
+BUNDLED_SPEC = Path(__file__).parent / "data" / "twilio_api_v2010.json.gz"
+"""Twilio's OpenAPI document as published (gzipped), vendored with its source and licence."""
 
 FormValues: TypeAlias = dict[str, list[str]]
 """A form body as a multi-dict: each parameter name with all its values, in order."""
@@ -106,8 +112,9 @@ class ApiSpec:
         self._operations: dict[tuple[str, str], Operation] = {}
 
     @staticmethod
-    def load(path: Path) -> ApiSpec:
-        """Read the spec at ``path`` (parsed once per file and modification time)."""
+    def load(path: Path = BUNDLED_SPEC) -> ApiSpec:
+        """Read the spec at ``path``, plain or gzipped JSON (parsed once per file and
+        modification time); by default the vendored copy."""
         resolved = path.resolve()
         return _load(str(resolved), resolved.stat().st_mtime_ns)
 
@@ -200,8 +207,8 @@ class ApiSpec:
 
 @lru_cache(maxsize=4)
 def _load(path: str, _mtime_ns: int) -> ApiSpec:
-    with open(path, encoding="utf-8") as file:
-        return ApiSpec(json.load(file))
+    data = Path(path).read_bytes()
+    return ApiSpec(json.loads(gzip.decompress(data) if path.endswith(".gz") else data))
 
 
 def _check_value(param: Param, value: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for engine.media.wsframe: the lean frame codec, checked against wsproto's own output.
+"""Tests for engine.transport.wsframe: the lean frame codec, checked against wsproto's own output.
 
 Every stream is decoded twice — by wsproto alone, and by FastFrameDecoder with wsproto behind
 it for what it hands over — in several chunkings; both must yield the same messages, control
@@ -25,7 +25,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from engine.media.wsframe import FastFrameDecoder, text_frame, unmask
+from engine.transport.wsframe import FastFrameDecoder, client_text_frame, text_frame, unmask
 
 MAX = 65536
 
@@ -249,6 +249,20 @@ def test_detach_returns_the_partial_frame_from_its_start() -> None:
 def test_text_frame_is_what_wsproto_sends(text: str) -> None:
     _, server = open_pair()
     assert text_frame(text) == server.send(Message(data=text))
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a", "x" * 125, "x" * 126, "x" * 65535, "x" * 65536, "héllo ✓", media_like(300)]
+)
+def test_client_text_frame_is_read_by_wsproto_and_the_fast_path(text: str) -> None:
+    _, server = open_pair()
+    server.receive_data(client_text_frame(text))
+    assert normalize(list(server.events())) == [("text", text)]
+    frame = client_text_frame(text)
+    if len(text.encode()) < 65536:  # decoded on the fast path
+        assert FastFrameDecoder(MAX).feed(frame) == [text]
+    else:  # 64-bit lengths are handed to wsproto, as they are
+        assert FastFrameDecoder(MAX).feed(frame) == [frame]
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 160, 333])

@@ -1,4 +1,4 @@
-"""Tests for engine.media.twilio_side: Twilio's side of Media Streams (PROTOCOL.md §1).
+"""Tests for engine.testing.twilio_side: Twilio's side of Media Streams (PROTOCOL.md §1).
 
 The messages Twilio sends are checked against §1.2 and round-tripped through the server's
 parser; what the server sends is parsed as the emulator receives it.
@@ -25,7 +25,7 @@ from engine.media.protocol import (
     mark_message,
     media_message,
 )
-from engine.media.twilio_side import (
+from engine.testing.twilio_side import (
     OutClear,
     OutMark,
     OutMedia,

@@ -1,14 +1,15 @@
-"""A dedicated WebSocket listener for media streams: trio sockets and wsproto, nothing between.
+"""The media WebSocket: a connected socket driven directly, wsproto only where it is needed.
 
 Every inbound frame of every call crosses the media socket, so its path is kept short: the
 call's reader task reads the socket itself and gets the messages — no per-connection reader
 task, no channel hop, no per-read timeout scope — and the common frames (the client's masked
-text frames, the server's text frames) skip wsproto (:mod:`engine.media.wsframe`). Writes go
-out in order, at once while the kernel takes them (see :class:`WsprotoMediaSocket`).
+text frames, the server's text frames) skip wsproto (:mod:`engine.transport.wsframe`). Writes
+go out in order, at once while the kernel takes them.
 
-:func:`serve_media` accepts connections, checks the upgrade (path and an ``authorize_upgrade``
-callback, e.g. the Twilio signature) and hands each accepted :class:`WsprotoMediaSocket` to a
-handler. Messages over ``max_message_bytes`` close the socket with 1009.
+:func:`answer_handshake` answers the opening handshake of a request the front door has read;
+:class:`MediaWebSocket` is the accepted socket (the session's
+:class:`~engine.media.session.MediaSocket`). A message over ``max_message_bytes`` closes the
+socket with 1009 and raises :class:`~engine.errors.MessageTooBig`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -27,31 +26,34 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
-    RejectConnection,
     Request,
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from engine.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR, ConnectionClosed
-from engine.media.wsframe import FastFrameDecoder, text_frame
+from engine.errors import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_PROTOCOL_ERROR,
+    BadRequest,
+    ConnectionClosed,
+    MessageTooBig,
+)
+from engine.transport.http1 import Request as HttpRequest
+from engine.transport.wsframe import FastFrameDecoder, text_frame
 
-__all__ = ["UpgradeCheck", "WsprotoMediaSocket", "serve_media"]
+__all__ = ["MediaWebSocket", "answer_handshake"]
 
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
-HANDSHAKE_TIMEOUT = 10.0
 CLOSE_WAIT = 1.0
 DISCARD_LIMIT = 1 << 20  # bytes of an oversized message read and dropped before giving up
-UpgradeCheck = Callable[[str, Mapping[str, str]], bool]
-"""``(target, headers) → accept?`` for an upgrade request (target = path and query)."""
 
 
-class WsprotoMediaSocket:
+class MediaWebSocket:
     """A server-side WebSocket on a connected socket (a :class:`~engine.media.session.MediaSocket`).
 
-    The common frames skip wsproto (:mod:`engine.media.wsframe`): the client's complete masked
+    The common frames skip wsproto (:mod:`engine.transport.wsframe`): the client's complete masked
     text frames are decoded, and text frames sent, in a few lines; wsproto keeps everything
     else. The socket is driven directly (``wait_readable`` then one ``recv``; ``send`` at once
     while the kernel takes it), so a frame costs one wake-up of the reader, not the several
@@ -129,7 +131,7 @@ class WsprotoMediaSocket:
                     self._partial.clear()
                     if event.message_finished or self._partial_size > DISCARD_LIMIT:
                         await self.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
-                        raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                        raise MessageTooBig(self._max)
                     continue
                 if event.message_finished:
                     parts, self._partial, self._partial_size = self._partial, [], 0
@@ -224,104 +226,27 @@ class WsprotoMediaSocket:
             return [CloseConnection(code=CLOSE_PROTOCOL_ERROR)]
 
 
-async def _handshake(
-    stream: trio.SocketStream, ws: WSConnection, path: str, check: UpgradeCheck
-) -> bytes | None:
-    """Read the upgrade request and answer it; the bytes read past the request (the first
-    frames) if the socket was accepted, else ``None``. wsproto sees only the request."""
-    request: Request | None = None
-    head = b""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT):
-        while request is None:
-            data = await stream.receive_some(RECEIVE_BYTES)
-            if not data:
-                return None
-            head += data
-            end = head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(head) > RECEIVE_BYTES:
-                    return None
-                continue
-            head, data = head[: end + 4], head[end + 4 :]
-            ws.receive_data(head)
-            request = next((e for e in ws.events() if isinstance(e, Request)), None)
-            if request is None:
-                return None
-    if request is None:
-        return None
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
-    if request.target.split("?", 1)[0] != path:
-        await stream.send_all(ws.send(RejectConnection(status_code=404)))
-        return None
-    if not check(request.target, headers):
-        log.warning("media stream refused: bad X-Twilio-Signature on the handshake")
-        await stream.send_all(ws.send(RejectConnection(status_code=403)))
-        return None
-    await stream.send_all(ws.send(AcceptConnection()))
-    return data
-
-
-async def _accept(
+async def answer_handshake(
     stream: trio.SocketStream,
-    path: str,
-    check: UpgradeCheck,
-    handler: Callable[[WsprotoMediaSocket], Awaitable[None]],
+    request: HttpRequest,
+    first: bytes,
+    *,
     max_message_bytes: int,
-) -> None:
+) -> MediaWebSocket:
+    """Accept the opening handshake ``request`` (already read from ``stream``; ``first`` holds
+    the bytes that followed it): answer 101 and return the :class:`MediaWebSocket` that now
+    owns the connection's socket (``stream`` is spent). Raises
+    :class:`~engine.errors.BadRequest` if wsproto finds it is not a valid handshake."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
-        first = await _handshake(stream, ws, path, check)
-    except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.info("media handshake failed: %s", exc)
-        first = None
-    if first is None:
-        await stream.aclose()
-        return
-    # The call drives the socket itself from here (see WsprotoMediaSocket).
+        ws.receive_data(request.raw)
+        valid = any(isinstance(event, Request) for event in ws.events())
+    except RemoteProtocolError as exc:
+        raise BadRequest(f"bad WebSocket handshake: {exc}") from None
+    if not valid:
+        raise BadRequest("bad WebSocket handshake")
+    await stream.send_all(ws.send(AcceptConnection()))
+    # The call drives the socket itself from here (see MediaWebSocket).
     sock = socket.socket(fileno=stream.socket.detach())
     await stream.aclose()
-    media_socket = WsprotoMediaSocket(sock, ws, max_message_bytes, first)
-    try:
-        await handler(media_socket)
-    except ConnectionClosed:
-        pass
-    finally:
-        with trio.CancelScope(shield=True):
-            await media_socket.close(1001)
-
-
-async def serve_media(
-    handler: Callable[[WsprotoMediaSocket], Awaitable[None]],
-    *,
-    host: str,
-    port: int,
-    path: str,
-    check: UpgradeCheck,
-    max_message_bytes: int,
-    sock: socket.socket | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Listen on ``host:port`` and run ``handler`` for every accepted media WebSocket at ``path``.
-
-    ``sock``, when given, is an already listening socket to accept on instead (worker processes
-    share one this way). Reports the bound port through ``task_status``; runs until cancelled.
-    """
-    if sock is not None:
-        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
-    else:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        serve = partial(
-            trio.serve_listeners,
-            partial(
-                _accept,
-                path=path,
-                check=check,
-                handler=handler,
-                max_message_bytes=max_message_bytes,
-            ),
-            listeners,
-        )
-        await nursery.start(serve)
-        task_status.started(bound)
+    return MediaWebSocket(sock, ws, max_message_bytes, first)

@@ -1,5 +1,4 @@
-"""The ``voice-engine`` command line: ``serve``, ``demo``, and the actions ``call``, ``sms``,
-``whatsapp``."""
+"""``voice-engine serve``: the server from the shell, one process or ``--workers N``."""
 
 from __future__ import annotations
 
@@ -11,30 +10,24 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
-from engine.actions import add_action_commands, run_action
 from engine.admission import AdmissionConfig
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError
 from engine.loader import BUNDLED, load_stage_factory
 from engine.media.session import SessionConfig
 from engine.media.vad import TurnConfig
 from engine.server import ServerConfig, TriggerHandler, Triggers, VoiceServer
 
-__all__ = ["main"]
+__all__ = ["add_serve_command", "run_serve"]
 
 log = logging.getLogger("engine")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="voice-engine", description="Low-latency voice AI on Twilio Media Streams."
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to the CLI."""
     serve = commands.add_parser("serve", help="run the voice server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
@@ -54,12 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--media-port",
         type=int,
-        help="serve media streams on their own lean listener at this port (0 = any); "
-        "measurably faster than through the HTTP server (see README, Performance)",
+        help="also accept media streams on this port (0 = any), for deployments that route "
+        "them separately; by default they share --port",
     )
     serve.add_argument(
         "--media-url",
-        help="public wss:// URL of the media listener when a proxy routes /twilio/media to it",
+        help="public wss:// URL of the media port when a proxy routes /twilio/media to it",
     )
     serve.add_argument(
         "--insecure",
@@ -74,8 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-calls",
+        type=_max_calls,
+        default="auto",
+        metavar="N|auto|unlimited",
+        help="refuse new calls beyond this many at once, per worker; auto (the default) sizes "
+        "the ceiling from the CPU a call's frames cost on this machine (see README)",
+    )
+    serve.add_argument(
+        "--max-connections",
         type=int,
-        help="refuse new calls beyond this many at once, per worker (default: no ceiling)",
+        help="connections open at once, per worker (default: from the file descriptor limit)",
     )
     serve.add_argument(
         "--max-loop-lag",
@@ -105,79 +106,54 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by --workers
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by --workers
 
-    demo = commands.add_parser("demo", help="server + emulated Twilio call, no account needed")
-    demo.add_argument(
-        "--pipeline", default="local", help="pipeline to demo (default local, the offline agent)"
+
+def run_serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Run ``serve`` as parsed into ``args``; the exit code."""
+    if args.workers > 1:
+        return _run_workers(args, argv)
+    http_fd, media_fd = _worker_fds(args.worker_fds)
+    config = ServerConfig(
+        stage_factory=load_stage_factory(args.pipeline),
+        pipelines=frozenset(BUNDLED) | {args.pipeline},
+        auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        insecure=args.insecure,
+        media_port=args.media_port,
+        media_url=args.media_url,
+        http_fd=http_fd,
+        media_fd=media_fd,
+        previous_auth_tokens=_previous_tokens(),
+        max_connections=args.max_connections,
+        admission=AdmissionConfig(
+            max_calls=args.max_calls,
+            max_loop_lag=args.max_loop_lag / 1000 if args.max_loop_lag else None,
+        ),
+        session=SessionConfig(turn=_turn_config(args.hangover_ms)),
+        drain_timeout=args.drain_timeout,
+        shutdown_notice=args.shutdown_notice or None,
+        triggers=Triggers(
+            inbound_call=_print_trigger("inboundCall"),
+            whatsapp_message=_print_trigger("newWhatsappMessage"),
+        ),
     )
-    demo.add_argument(
-        "--say",
-        default="Hello! I would like to book a table for two people tomorrow evening.",
-        help="what the emulated caller says",
-    )
-    add_action_commands(commands)
-    from bench.cli import add_bench_command  # bench sits on top of the engine
-
-    add_bench_command(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``voice-engine`` and ``python -m engine``."""
-    args = _parser().parse_args(argv)
-    worker = getattr(args, "worker_fds", None) is not None
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        # Workers of ``serve --workers N`` share stderr: say which one speaks.
-        format="%(asctime)s %(levelname)s "
-        + ("[%(process)d] " if worker else "")
-        + "%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        if args.command == "serve" and args.workers > 1:
-            return _run_workers(args, argv)
-        if args.command == "serve":
-            http_fd, media_fd = _worker_fds(args.worker_fds)
-            config = ServerConfig(
-                stage_factory=load_stage_factory(args.pipeline),
-                pipelines=frozenset(BUNDLED) | {args.pipeline},
-                auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
-                host=args.host,
-                port=args.port,
-                public_url=args.public_url,
-                insecure=args.insecure,
-                media_port=args.media_port,
-                media_url=args.media_url,
-                http_fd=http_fd,
-                media_fd=media_fd,
-                previous_auth_tokens=_previous_tokens(),
-                admission=AdmissionConfig(
-                    max_calls=args.max_calls,
-                    max_loop_lag=args.max_loop_lag / 1000 if args.max_loop_lag else None,
-                ),
-                session=SessionConfig(turn=_turn_config(args.hangover_ms)),
-                drain_timeout=args.drain_timeout,
-                shutdown_notice=args.shutdown_notice or None,
-                triggers=Triggers(
-                    inbound_call=_print_trigger("inboundCall"),
-                    whatsapp_message=_print_trigger("newWhatsappMessage"),
-                ),
-            )
-            trio.run(_serve, VoiceServer(config), args.ready_fd)
-        elif args.command == "demo":
-            from engine.demo import run_demo
-
-            return trio.run(run_demo, args.pipeline, args.say)
-        elif args.command == "bench":
-            from bench.cli import run_bench
-
-            return run_bench(args)
-        else:
-            return run_action(args)
-    except EngineError as exc:
-        print(f"voice-engine: {exc}", file=sys.stderr)
-        return 2
+    trio.run(_serve, VoiceServer(config), args.ready_fd)
     return 0
+
+
+def _max_calls(value: str) -> int | Literal["auto"] | None:
+    if value == "auto":
+        return "auto"
+    if value in ("unlimited", "none"):
+        return None
+    try:
+        calls = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number, auto or unlimited: {value!r}") from None
+    if calls < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, not {calls}")
+    return calls
 
 
 def _turn_config(hangover_ms: int) -> TurnConfig:
@@ -229,7 +205,7 @@ def _run_workers(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             media_url=args.media_url,
             insecure=args.insecure,
             serve_args=kept,
-            log_level=args.log_level,
+            log_level=args.log_level or "INFO",
         )
     )
 

@@ -12,7 +12,9 @@ returns, in order, decoded text messages (``str``) and raw frames for wsproto (`
 complete control frame (ping, pong, close) is handed over on its own; the first frame it does
 not take on itself (or any frame over ``max_payload`` bytes) switches it to pass-through for the
 rest of the stream, so wsproto tracks fragmentation, limits and errors from there on.
-:func:`text_frame` builds the server's unmasked text frame, byte for byte as wsproto would.
+:func:`text_frame` builds the server's unmasked text frame, byte for byte as wsproto would;
+:func:`client_text_frame` a client's (masked with the all-zero key: load generators and the
+capacity calibration speak as Twilio with it, at no masking cost).
 
 No I/O, no trio: tested with tables against wsproto's own output.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["FastFrameDecoder", "text_frame"]
+__all__ = ["FastFrameDecoder", "client_text_frame", "text_frame"]
 
 _FIN_TEXT: Final = 0x81  # FIN, no RSV bits, opcode 1 (text)
 _MASKED: Final = 0x80
@@ -38,6 +40,20 @@ def text_frame(text: str) -> bytes:
     if n < 65536:
         return bytes((_FIN_TEXT, 126, n >> 8, n & 0xFF)) + data
     return bytes((_FIN_TEXT, 127)) + n.to_bytes(8, "big") + data
+
+
+def client_text_frame(text: str) -> bytes:
+    """One final text frame carrying ``text`` as a client sends it: masked, with the all-zero
+    masking key (RFC 6455 allows any key; XOR with zeros leaves the payload as it is)."""
+    data = text.encode("utf-8")
+    n = len(data)
+    if n < 126:
+        head = bytes((_FIN_TEXT, _MASKED | n))
+    elif n < 65536:
+        head = bytes((_FIN_TEXT, _MASKED | 126, n >> 8, n & 0xFF))
+    else:
+        head = bytes((_FIN_TEXT, _MASKED | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + data
 
 
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
