@@ -5,7 +5,7 @@ stage, encode, write — so the calls one process carries at a given share of it
 from that cost: ``ceiling = budget / (cost per frame × 50 frames/s)``. The cost is measured,
 never assumed:
 
-- at start-up, :func:`measure_frame_cost` runs the real media path — socket pairs, the
+- at start-up, :func:`measure_frame_cost` runs the real media path — loopback TCP, the
   :class:`~engine.transport.websocket.MediaWebSocket`, a :class:`~engine.media.session.CallSession`
   with the echo stage — for a few thousand frames while a thread plays Twilio (its CPU is not
   counted: the measure is the event loop thread's own CPU time);
@@ -138,7 +138,8 @@ def _twilio_side(index: int, frames: int) -> tuple[bytes, list[bytes], bytes]:
         + sid
         + '"}'
     )
-    return head, media, stop
+    close = b"\x88\x82\0\0\0\0\x03\xe8"  # the client's close frame, 1000, zero mask
+    return head, media, stop + close
 
 
 def _play_twilio(peers: list[socket.socket], frames: int, ready: threading.Event) -> None:
@@ -182,11 +183,25 @@ def _play(peers: list[socket.socket], frames: int, ready: threading.Event) -> No
                     sent[i] += 1  # stop sent
 
 
+def _loopback_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """``count`` connected TCP pairs on the loopback interface (ours, Twilio's): TCP, as real
+    streams come, since its system calls cost more than a socket pair's."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        pairs = []
+        for _ in range(count):
+            theirs = socket.create_connection(listener.getsockname())
+            ours, _ = listener.accept()
+            for sock in (ours, theirs):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pairs.append((ours, theirs))
+    return pairs
+
+
 async def measure_frame_cost(
-    calls: int = 16, frames: int = 150, *, clock: Callable[[], float] = time.thread_time
+    calls: int = 8, frames: int = 100, *, clock: Callable[[], float] = time.thread_time
 ) -> float:
     """CPU seconds the event loop spends per echoed frame on the real media path."""
-    pairs = [socket.socketpair() for _ in range(calls)]
+    pairs = _loopback_pairs(calls)
     config = SessionConfig(probe_every=0, close_timeout=0.2)
     ready = threading.Event()
     twilio = threading.Thread(

@@ -181,8 +181,7 @@ class Playout:
         if not self._fast():
             return False
         now = trio.current_time()
-        self.core.enqueue(audio)
-        await self._send_due(now)
+        await self._writer.write(self.core.play_now(audio, now))
         wait = self._wait
         if wait is not None:  # the end-of-reply mark is due sooner than the task planned
             deadline = self.core.next_deadline(now)

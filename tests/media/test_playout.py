@@ -755,3 +755,32 @@ async def test_run_playout_new_reply_after_barge_in(
     after = events[events.index(OutClear(SID)) + 1 :]
     assert b"".join(media_of(after)) == second
     assert all(name.startswith("1.") for name in marks_of(after))
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # (bytes of audio, label, seconds later, barge in first?)
+        [(160, "echo", 0.02, False)] * 12,
+        [(160, "a", 0.02, False), (80, "a", 0.02, False), (0, "a", 0.1, False)] * 3,
+        [(160, "a", 0.02, False), (160, "a", 0.3, True), (160, "a", 0.02, False)],
+        [(160, "a", 0.02, False), (160, "a", 0.02, True), (160, "b", 0.02, False)],
+        [(320, "a", 0.02, False), (160, "a", 0.02, False), (160, "a", 0.08, False)],
+    ],
+)
+def test_play_now_is_exactly_enqueue_then_pump(
+    steps: list[tuple[int, str, float, bool]],
+) -> None:
+    config = PlayoutConfig(paced=False)
+    fast, slow = PlayoutCore(SID, config), PlayoutCore(SID, config)
+    now = 0.0
+    for size, label, later, cut in steps:
+        if cut:
+            assert fast.barge_in(now) == slow.barge_in(now)
+        audio = PlayAudio(bytes(range(size % 256)) * (size // 256) + bytes(size % 256), label)
+        slow.enqueue(audio)
+        assert fast.play_now(audio, now) == slow.pump(now)
+        now += later
+        assert fast.pump(now) == slow.pump(now)  # drain marks alike
+        assert fast.next_deadline(now) == slow.next_deadline(now)
+    assert fast.statistics() == slow.statistics()
