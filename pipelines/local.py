@@ -19,10 +19,16 @@ Per call::
   process-wide :func:`heavy_work_limiter`. PocketSphinx holds the GIL while it decodes, so the
   decoding itself happens in recognizer worker processes (:mod:`pipelines.recognition`; the
   thread only waits for them), unless ``VOICE_ENGINE_STT_PROCESSES=0``.
-- Logged at INFO for each turn: ``call <sid>: heard "<transcript>"``, ``call <sid>: reply
-  "<text>"``, and the turn latency (end of turn → first reply audio queued).
+- Logged for each turn: at INFO the turn latency (end of turn → first reply audio queued); at
+  DEBUG, being call content, ``call <sid>: heard "<transcript>"`` and ``call <sid>: reply
+  "<text>"``.
 - If recognition, the responder or TTS fails, the caller hears a short apology and the agent hangs
   up (close 1000); only that call is affected.
+
+The call's loop — listening, turns, superseded replies, failures — is the one the ``llm`` agent
+shares (:class:`~pipelines.conversation.ConversationAgent`); this module holds what the ``local``
+agent adds: how its replies are made (the responder, clause by clause) and what a barge-in or a
+finished playback means to it.
 
 Capacity: decoding costs ~0.2 s of CPU per second of speech. In-process, PocketSphinx holds the
 GIL while it runs, so all calls of one server process share one core for recognition and stall
@@ -33,17 +39,23 @@ each other's audio; in worker processes (the default) recognition spreads over t
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar, TypeVarTuple
+from functools import partial
 
 import trio
 
 from engine.media.codec import SAMPLE_RATE, resample
-from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
+from engine.media.frames import PCM, Interrupted, PlaybackDone
 from engine.media.stage import CallContext, Stage
 from engine.tts import synthesize, synthesize_chunks
-from pipelines.listening import Listener
+from pipelines.conversation import (
+    APOLOGY,
+    ConversationAgent,
+    Turn,
+    heavy_work_limiter,
+    in_worker_thread,
+    quote,
+)
 from pipelines.recognition import make_recognizer, preload
 from pipelines.responder import Responder, RuleResponder
 from pipelines.stt import SpeechRecognizer
@@ -52,37 +64,9 @@ __all__ = ["APOLOGY", "PRELOADED_DECODERS", "LocalAgent", "create", "heavy_work_
 
 log = logging.getLogger(__name__)
 
-APOLOGY = "Sorry, something went wrong. Goodbye."
-"""What the caller hears when the agent fails, before it hangs up."""
-
 PRELOADED_DECODERS = 2
 """Speech decoders built at server start in each recognizer worker process (~0.35 s each; a call
 that finds none idle builds one)."""
-
-FRAME_MS = 20
-_T = TypeVar("_T")
-_Ts = TypeVarTuple("_Ts")
-_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
-    "pipelines.local.heavy_work_limiter"
-)
-
-
-def heavy_work_limiter() -> trio.CapacityLimiter:
-    """The limiter shared by every call's heavy worker-thread jobs (one per trio run).
-
-    Its size is the number of CPUs (at least 2): more threads than cores would only queue on the
-    CPU, and on the GIL that PocketSphinx holds while decoding.
-    """
-    try:
-        return _LIMITER.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        _LIMITER.set(limiter)
-        return limiter
-
-
-async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-    return await trio.to_thread.run_sync(fn, *args, limiter=heavy_work_limiter())
 
 
 def _next_audio(chunks: Iterator[tuple[PCM, int]]) -> PCM | None:
@@ -103,7 +87,7 @@ def _speak(text: str) -> PCM:
     return resample(pcm, rate, SAMPLE_RATE)
 
 
-class LocalAgent(Stage):
+class LocalAgent(ConversationAgent):
     """The offline voice agent for one call. See the module documentation.
 
     ``responder`` makes the replies (default :class:`~pipelines.responder.RuleResponder`);
@@ -112,7 +96,8 @@ class LocalAgent(Stage):
     ``words_per_minute`` go to eSpeak NG.
     """
 
-    receives_audio = True
+    agent_name = "local"
+    _log = log
 
     def __init__(
         self,
@@ -125,100 +110,27 @@ class LocalAgent(Stage):
         pre_roll_ms: int = 300,
     ) -> None:
         """Configure the agent (nothing heavy happens here)."""
+        super().__init__(
+            recognizer,
+            voice=voice,
+            words_per_minute=words_per_minute,
+            batch_ms=batch_ms,
+            pre_roll_ms=pre_roll_ms,
+        )
         self.responder: Responder = responder if responder is not None else RuleResponder()
         self.history: list[tuple[str, str]] = []
         """The call so far: ``(heard, said)`` per answered turn."""
-        self._listener = Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
-        self._voice = voice
-        self._wpm = words_per_minute
-        self._turns = 0
-        self._reply_scope: trio.CancelScope | None = None
-        self._reply_label = ""
-        self._failed = False
 
-    async def run(self, call: CallContext) -> None:
-        """Converse until the call ends; on a failure, apologize and hang up."""
-        try:
-            await self._converse(call)
-        except Exception:
-            log.exception("call %s: the local agent failed", call.call_sid)
-            self._failed = True
-        if self._failed:
-            await self._fail(call)
+    def begin_reply(self, call: CallContext, turn: Turn) -> Callable[[], Awaitable[None]]:
+        """The task that answers ``turn``: the responder's pieces, spoken clause by clause."""
+        return partial(self._reply, call, turn)
 
-    async def _guarded(
-        self,
-        call: CallContext,
-        nursery: trio.Nursery,
-        fn: Callable[[*_Ts], Awaitable[None]],
-        *args: *_Ts,
-    ) -> None:
-        """Run a task of the call; a failure stops the conversation (no exception groups)."""
-        try:
-            await fn(*args)
-        except Exception:
-            log.exception("call %s: the local agent failed", call.call_sid)
-            self._failed = True
-            nursery.cancel_scope.cancel()
+    def apology_audio(self) -> PCM:
+        """:data:`APOLOGY`, synthesized in one piece."""
+        return _speak(APOLOGY)
 
-    # -- listening ------------------------------------------------------------------------------
-
-    async def _converse(self, call: CallContext) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, call, nursery, self._listen, call, nursery)
-                async for frame in call:
-                    match frame:
-                        case Audio():
-                            self._listener.on_audio(frame)
-                        case SpeechStarted():
-                            self._listener.on_speech_started(frame)
-                        case Utterance():
-                            self._listener.on_end_of_turn()
-                        case Interrupted():
-                            self._on_interrupted(call, frame)
-                        case PlaybackDone():
-                            log.info(
-                                "call %s: %s played (%d ms)",
-                                call.call_sid,
-                                frame.label,
-                                frame.heard_ms,
-                            )
-                nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
-        finally:
-            await self._listener.aclose()
-
-    async def _listen(self, call: CallContext, nursery: trio.Nursery) -> None:
-        while True:
-            items = await self._listener.next_work()
-            started = trio.current_time()
-            finals = await _in_thread(self._listener.recognize, items, call.call_sid)
-            for text, ended_at in finals:
-                log.debug("call %s: heard %s", call.call_sid, _quote(text))
-                log.debug(
-                    "call %s: final transcript %d ms after end of turn (last batch %d ms)",
-                    call.call_sid,
-                    (trio.current_time() - ended_at) * 1000,
-                    (trio.current_time() - started) * 1000,
-                )
-                self._start_reply(call, text, ended_at, nursery)
-
-    # -- answering ------------------------------------------------------------------------------
-
-    def _start_reply(
-        self, call: CallContext, heard: str, ended_at: float, nursery: trio.Nursery
-    ) -> None:
-        if self._reply_scope is not None:
-            self._reply_scope.cancel()  # a newer turn supersedes a reply still being made
-        self._turns += 1
-        label = f"reply-{self._turns}"
-        scope = trio.CancelScope()
-        self._reply_scope, self._reply_label = scope, label
-        nursery.start_soon(
-            self._guarded, call, nursery, self._reply, call, heard, label, ended_at, scope
-        )
-
-    def _on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+    async def on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+        """Log the barge-in; stop making the reply it cut, if that is the latest."""
         log.info(
             "call %s: %s interrupted after %d ms heard (%d ms dropped)",
             call.call_sid,
@@ -226,72 +138,47 @@ class LocalAgent(Stage):
             event.heard_ms,
             event.dropped_ms,
         )
-        if event.label == self._reply_label and self._reply_scope is not None:
-            self._reply_scope.cancel()
+        latest = self._latest
+        if latest is not None and event.label == latest.label:
+            latest.scope.cancel()
 
-    async def _reply(
-        self,
-        call: CallContext,
-        heard: str,
-        label: str,
-        ended_at: float,
-        scope: trio.CancelScope,
-    ) -> None:
+    async def on_playback_done(self, call: CallContext, event: PlaybackDone) -> None:
+        """Log a reply that played to its end."""
+        log.info("call %s: %s played (%d ms)", call.call_sid, event.label, event.heard_ms)
+
+    async def _reply(self, call: CallContext, turn: Turn) -> None:
         said: list[str] = []
         pieces: Iterator[str] | None = None
-        with scope:
+        with turn.scope:
             try:
-                pieces = await _in_thread(self._respond, heard, tuple(self.history))
+                pieces = await in_worker_thread(self._respond, turn.heard, tuple(self.history))
                 first_audio = True
-                while (piece := await _in_thread(_next_piece, pieces)) is not None:
+                while (piece := await in_worker_thread(_next_piece, pieces)) is not None:
                     await trio.lowlevel.checkpoint_if_cancelled()  # cut short while it was made
                     said.append(piece)
                     chunks = synthesize_chunks(piece, voice=self._voice, words_per_minute=self._wpm)
-                    while (pcm := await _in_thread(_next_audio, chunks)) is not None:
+                    while (pcm := await in_worker_thread(_next_audio, chunks)) is not None:
                         await trio.lowlevel.checkpoint_if_cancelled()
                         if first_audio:
                             first_audio = False
                             log.info(
                                 "call %s: %s first audio %d ms after end of turn",
                                 call.call_sid,
-                                label,
-                                (trio.current_time() - ended_at) * 1000,
+                                turn.label,
+                                (trio.current_time() - turn.ended_at) * 1000,
                             )
-                        await call.play(pcm, label=label)
+                        await call.play(pcm, label=turn.label)
             finally:
                 close = getattr(pieces, "close", None)
                 if close is not None:
                     close()
                 text = " ".join(said)
-                suffix = "" if not scope.cancel_called else " (cut short)"
-                log.debug("call %s: reply %s%s", call.call_sid, _quote(text), suffix)
-                self.history.append((heard, text))
-        if self._reply_scope is scope:
-            self._reply_scope = None
+                suffix = "" if not turn.scope.cancel_called else " (cut short)"
+                log.debug("call %s: reply %s%s", call.call_sid, quote(text), suffix)
+                self.history.append((turn.heard, text))
 
     def _respond(self, heard: str, history: tuple[tuple[str, str], ...]) -> Iterator[str]:
         return iter(self.responder.respond(heard, history))
-
-    # -- failing --------------------------------------------------------------------------------
-
-    async def _fail(self, call: CallContext) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, call)  # playout must be able to deliver PlaybackDone
-            with trio.move_on_after(10):
-                try:
-                    await call.play(await _in_thread(_speak, APOLOGY), label="apology")
-                except Exception:
-                    log.exception("call %s: could not apologize", call.call_sid)
-            await call.hang_up("agent-error")
-
-
-async def _drain(call: CallContext) -> None:
-    async for _ in call:
-        pass
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', "'") + '"'
 
 
 _preloaded = False

@@ -49,8 +49,7 @@ from engine.testing import (
     ring,
     twilio_side,
 )
-from engine.testing.twilio_api.calls import Outcome
-from engine.testing.twilio_api.webhooks import CallbackOrder
+from engine.testing.twilio_api import CallbackOrder, Outcome
 from pipelines.echo import Echo
 from pipelines.turn_echo import TurnEcho
 

@@ -35,7 +35,7 @@ Per call::
   like ``Dr.`` and ``e.g.``, initials and list numbers are not ends) and each sentence is
   synthesized and queued as soon as it is complete, so the caller hears the first sentence while
   the model is still writing the rest. Synthesis runs in worker threads under the process-wide
-  :func:`pipelines.local.heavy_work_limiter` (shared with speech recognition).
+  :func:`pipelines.conversation.heavy_work_limiter` (shared with speech recognition).
 - **History**: :attr:`LLMAgent.history` is a list of ``{"role", "content"}`` messages. The
   user's message is appended at the end of the turn; the assistant's message holds what was
   *spoken*: the sentences queued for the caller, not text the model produced after the reply
@@ -57,14 +57,15 @@ Per call::
   :data:`APOLOGY` and is hung up (close 1000); only that call is affected. Timeouts:
   ``connect_timeout`` to connect, ``read_timeout`` between any two pieces of the answer (the
   first token included), ``reply_timeout`` for a whole reply.
-- Logged at INFO per turn: ``call <sid>: heard "<transcript>"``, first token and first audio
-  latency after the end of turn, and ``call <sid>: reply-N "<spoken text>"`` (with ``(cut
-  short)`` after a barge-in).
+- Logged per turn: at INFO the first token and first audio latency after the end of turn; at
+  DEBUG, being call content, ``call <sid>: heard "<transcript>"`` and ``call <sid>: reply-N
+  "<spoken text>"`` (with ``(cut short)`` after a barge-in).
 
 The package: :mod:`~pipelines.llm.chat` (the configuration and the streaming client),
 :mod:`~pipelines.llm.text` (sentences and their speech), :mod:`~pipelines.llm.reply` (what a reply
-said and what was heard of it), :mod:`~pipelines.llm.listen` (hearing the caller) and
-:mod:`~pipelines.llm.agent` (the stage).
+said and what was heard of it) and :mod:`~pipelines.llm.agent` (the stage). Hearing the caller
+(:mod:`pipelines.listening`) and the call's loop (:mod:`pipelines.conversation`) are shared
+with the ``local`` agent.
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ import trio
 
 from engine.media.stage import Stage
 from engine.tts import synthesize
+from pipelines.conversation import APOLOGY
 from pipelines.llm.agent import LLMAgent
 from pipelines.llm.chat import DEFAULT_SYSTEM_PROMPT, LLMConfig, LLMError, stream_chat
 from pipelines.llm.reply import CUT_MARKER, Spoken, heard_text
 from pipelines.llm.text import SentenceSplitter, speak_sentence, speakable, split_sentences
-from pipelines.local import APOLOGY
 from pipelines.recognition import preload
 
 __all__ = [

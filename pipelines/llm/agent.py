@@ -8,28 +8,26 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, TypeVarTuple
+from functools import partial
+from typing import Any
 
 import certifi
 import httpx
 import trio
 
 from engine.media.codec import SAMPLE_RATE
-from engine.media.frames import PCM, Audio, Interrupted, PlaybackDone, SpeechStarted, Utterance
-from engine.media.stage import CallContext, Stage
-from pipelines.listening import Listener
+from engine.media.frames import PCM, Interrupted, PlaybackDone, SpeechStarted
+from engine.media.stage import CallContext
+from pipelines.conversation import APOLOGY, ConversationAgent, Turn, in_worker_thread, quote
 from pipelines.llm.chat import LLMConfig, LLMError, stream_chat
 from pipelines.llm.reply import Spoken, _Reply
 from pipelines.llm.text import SentenceSplitter, _has_words, speak_sentence, speakable
-from pipelines.local import APOLOGY, heavy_work_limiter
 from pipelines.recognition import make_recognizer
 from pipelines.stt import SpeechRecognizer
 
 __all__ = ["LLMAgent"]
 
 log = logging.getLogger("pipelines.llm")  # the package's logger, as before it was split
-_T = TypeVar("_T")
-_Ts = TypeVarTuple("_Ts")
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
 
@@ -43,11 +41,7 @@ def _ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
-async def _in_thread(fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-    return await trio.to_thread.run_sync(fn, *args, limiter=heavy_work_limiter())
-
-
-class LLMAgent(Stage):
+class LLMAgent(ConversationAgent):
     """The LLM voice agent for one call. See the module documentation.
 
     ``base_url``, ``model``, ``api_key``, ``system_prompt`` and ``tuning`` (the other
@@ -58,7 +52,9 @@ class LLMAgent(Stage):
     ``voice`` and ``words_per_minute`` go to eSpeak NG.
     """
 
-    receives_audio = True
+    agent_name = "llm"
+    hang_up_reason = "llm-error"
+    _log = log
 
     def __init__(
         self,
@@ -79,33 +75,29 @@ class LLMAgent(Stage):
         self.config = config or LLMConfig.from_env(
             base_url=base_url, model=model, api_key=api_key, system_prompt=system_prompt, **tuning
         )
+        super().__init__(
+            recognizer,
+            voice=voice,
+            words_per_minute=words_per_minute,
+            batch_ms=batch_ms,
+            pre_roll_ms=pre_roll_ms,
+        )
         self.history: list[dict[str, str]] = []
         """The conversation: ``{"role": "user" | "assistant", "content": …}``, oldest first."""
-        self._listener = Listener(recognizer, batch_ms=batch_ms, pre_roll_ms=pre_roll_ms)
-        self._voice = voice
-        self._wpm = words_per_minute
         self._client: httpx.AsyncClient | None = None
-        self._turns = 0
         self._replies: dict[str, _Reply] = {}
-        self._latest: _Reply | None = None  # the last reply started
-        self._failed = False
 
-    async def run(self, call: CallContext) -> None:
-        """Converse until the call ends; on a failure, apologize and hang up."""
-        try:
-            verify = _SSL_CONTEXT
-            if verify is None:
-                verify = await trio.to_thread.run_sync(_ssl_context)
-            async with httpx.AsyncClient(verify=verify) as client:
-                self._client = client
-                await self._converse(call)
-        except Exception:
-            log.exception("call %s: the llm agent failed", call.call_sid)
-            self._failed = True
-        finally:
-            self._client = None
-        if self._failed:
-            await self._fail(call)
+    async def converse(self, call: CallContext) -> None:
+        """Converse with an HTTP client open for the model's requests."""
+        verify = _SSL_CONTEXT
+        if verify is None:
+            verify = await trio.to_thread.run_sync(_ssl_context)
+        async with httpx.AsyncClient(verify=verify) as client:
+            self._client = client
+            try:
+                await super().converse(call)
+            finally:
+                self._client = None
 
     def request_messages(self) -> list[dict[str, str]]:
         """The history as the next request carries it (without the system prompt): the latest
@@ -128,72 +120,32 @@ class LLMAgent(Stage):
             recent.pop(0)
         return recent
 
-    async def _guarded(
-        self,
-        call: CallContext,
-        nursery: trio.Nursery,
-        fn: Callable[[*_Ts], Awaitable[None]],
-        *args: *_Ts,
-    ) -> None:
-        """Run a task of the call; a failure stops the conversation (no exception groups)."""
-        try:
-            await fn(*args)
-        except Exception as exc:
-            if isinstance(exc, LLMError):
-                log.error("call %s: %s", call.call_sid, exc)
-            else:
-                log.exception("call %s: the llm agent failed", call.call_sid)
-            self._failed = True
-            nursery.cancel_scope.cancel()
+    def log_failure(self, call: CallContext, exc: Exception) -> None:
+        """Log a failure: the model's (:class:`LLMError`) as one line, others with a traceback."""
+        if isinstance(exc, LLMError):
+            log.error("call %s: %s", call.call_sid, exc)
+        else:
+            super().log_failure(call, exc)
 
-    # -- listening ---------------------------------------------------------------------------------
-
-    async def _converse(self, call: CallContext) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, call, nursery, self._listen, call, nursery)
-                async for frame in call:
-                    match frame:
-                        case Audio():
-                            self._listener.on_audio(frame)
-                        case SpeechStarted():
-                            self._listener.on_speech_started(frame)
-                            await self._stop_reply(call)
-                        case Utterance():
-                            self._listener.on_end_of_turn()
-                        case Interrupted():
-                            self._on_interrupted(call, frame)
-                        case PlaybackDone():
-                            self._on_playback_done(call, frame)
-                nursery.cancel_scope.cancel()  # the call's inbox closed: nothing more to do
-        finally:
-            await self._listener.aclose()
-
-    async def _listen(self, call: CallContext, nursery: trio.Nursery) -> None:
-        while True:
-            items = await self._listener.next_work()
-            for text, ended_at in await _in_thread(self._listener.recognize, items):
-                self._start_reply(call, text, ended_at, nursery)
+    def apology_audio(self) -> PCM:
+        """:data:`~pipelines.conversation.APOLOGY`, spoken as a sentence of a reply is."""
+        return self._synthesize(APOLOGY)
 
     # -- answering ---------------------------------------------------------------------------------
 
-    def _start_reply(
-        self, call: CallContext, heard: str, ended_at: float, nursery: trio.Nursery
-    ) -> None:
-        log.debug("call %s: heard %s", call.call_sid, _quote(heard))
-        if not heard.strip():
-            return  # noise, or nothing the recognizer could make out: no reply
-        if self._latest is not None:
-            self._latest.scope.cancel()  # a newer turn supersedes a reply still being made
-        self.history.append({"role": "user", "content": heard})
+    def wants_reply(self, heard: str) -> bool:
+        """Noise, or nothing the recognizer could make out, gets no reply."""
+        return bool(heard.strip())
+
+    def begin_reply(self, call: CallContext, turn: Turn) -> Callable[[], Awaitable[None]]:
+        """Add the user's message and the reply's (empty so far) to the history, and return the
+        task that streams the model's answer for the history as it stands now."""
+        self.history.append({"role": "user", "content": turn.heard})
         messages = self.request_messages()
-        self._turns += 1
-        reply = _Reply(f"reply-{self._turns}", {"role": "assistant", "content": ""})
+        reply = _Reply(turn.label, {"role": "assistant", "content": ""}, scope=turn.scope)
         self.history.append(reply.message)
-        self._replies[reply.label] = self._latest = reply
-        nursery.start_soon(
-            self._guarded, call, nursery, self._reply, call, reply, messages, ended_at
-        )
+        self._replies[reply.label] = reply
+        return partial(self._reply, call, reply, messages, turn.ended_at)
 
     async def _reply(
         self, call: CallContext, reply: _Reply, messages: list[dict[str, str]], ended_at: float
@@ -233,14 +185,14 @@ class LLMAgent(Stage):
                     "call %s: %s %s%s",
                     call.call_sid,
                     reply.label,
-                    _quote(" ".join(s.text for s in reply.spoken)),
+                    quote(" ".join(s.text for s in reply.spoken)),
                     "" if reply.complete else " (cut short)",
                 )
 
     async def _say(self, call: CallContext, reply: _Reply, sentence: str, ended_at: float) -> None:
         if not _has_words(speakable(sentence)):
             return
-        pcm = await _in_thread(self._synthesize, sentence)
+        pcm = await in_worker_thread(self._synthesize, sentence)
         if not len(pcm):
             return
         # Count it as queued before the send: the frame loop may see a barge-in while play()
@@ -271,7 +223,7 @@ class LLMAgent(Stage):
 
     # -- barge-in ---------------------------------------------------------------------------------
 
-    async def _stop_reply(self, call: CallContext) -> None:
+    async def on_speech_started(self, call: CallContext, event: SpeechStarted) -> None:
         """The caller started talking: stop the latest reply if it is still being made (the new
         turn supersedes it), and clear any of its audio queued after the engine's barge-in cut.
 
@@ -279,14 +231,15 @@ class LLMAgent(Stage):
         ``interrupt`` finds queued is a sentence the reply task raced in after the cut; when
         nothing is, it does nothing.
         """
-        reply = self._latest
+        reply = self._replies.get(self._latest.label) if self._latest is not None else None
         if reply is None:
             return
         reply.scope.cancel()
         if reply.spoken:
             await call.interrupt("caller speech")
 
-    def _on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+    async def on_interrupted(self, call: CallContext, event: Interrupted) -> None:
+        """Rewrite the interrupted reply's message to what the caller heard of it."""
         reply = self._replies.get(event.label)
         if reply is None or reply.heard_ms is not None:
             return  # not a reply of ours, or already cut (a second clear of stray audio)
@@ -299,33 +252,12 @@ class LLMAgent(Stage):
             event.label,
             reply.heard_ms,
             event.dropped_ms,
-            _quote(reply.message["content"]),
+            quote(reply.message["content"]),
         )
 
-    def _on_playback_done(self, call: CallContext, event: PlaybackDone) -> None:
+    async def on_playback_done(self, call: CallContext, event: PlaybackDone) -> None:
+        """Count what the caller heard of a reply whose queued audio drained."""
         reply = self._replies.get(event.label)
         if reply is not None and reply.heard_ms is None:
             reply.drained_ms += event.heard_ms
         log.debug("call %s: %s played (%d ms)", call.call_sid, event.label, event.heard_ms)
-
-    # -- failing ----------------------------------------------------------------------------------
-
-    async def _fail(self, call: CallContext) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, call)  # keep taking frames: playout must deliver its own
-            with trio.move_on_after(10):
-                try:
-                    pcm = await _in_thread(self._synthesize, APOLOGY)
-                    await call.play(pcm, label="apology")
-                except Exception:
-                    log.exception("call %s: could not apologize", call.call_sid)
-            await call.hang_up("llm-error")
-
-
-async def _drain(call: CallContext) -> None:
-    async for _ in call:
-        pass
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', "'") + '"'

@@ -23,26 +23,39 @@ Timing: Twilio's seconds (``Timeout``, ``TimeLimit``, and the durations reported
 emulated clock, ``time_scale`` real seconds per emulated second (default 1.0). Callee scripts and
 audio are in real seconds.
 
-Modules: :mod:`~engine.testing.twilio_api.emulator` (the account, :func:`open_twilio_emulator`),
-:mod:`~engine.testing.twilio_api.server` (HTTP, auth, faults, routing),
-:mod:`~engine.testing.twilio_api.calls` and :mod:`~engine.testing.twilio_api.call_lifecycle`,
-:mod:`~engine.testing.twilio_api.messages`, :mod:`~engine.testing.twilio_api.webhooks`,
-:mod:`~engine.testing.twilio_api.spec`, :mod:`~engine.testing.twilio_api.rules` and
-:mod:`~engine.testing.twilio_api.resources`.
+Modules, each depending only on those listed before it: :mod:`~engine.testing.twilio_api.spec`,
+:mod:`~engine.testing.twilio_api.rules` and :mod:`~engine.testing.twilio_api.resources` (Twilio's
+API description, rules and resource shapes); :mod:`~engine.testing.twilio_api.records` (calls,
+messages, requests and webhook attempts as recorded); :mod:`~engine.testing.twilio_api.account`
+(the :class:`Account`: settings and records, shared by the parts);
+:mod:`~engine.testing.twilio_api.webhooks` (signed webhooks);
+:mod:`~engine.testing.twilio_api.call_lifecycle` (how a call runs);
+:mod:`~engine.testing.twilio_api.calls` and :mod:`~engine.testing.twilio_api.messages` (the
+endpoints); :mod:`~engine.testing.twilio_api.server` (HTTP, auth, faults, routing); and
+:mod:`~engine.testing.twilio_api.emulator` (:class:`TwilioEmulator`, which composes them, and
+:func:`open_twilio_emulator`).
 """
 
-from engine.testing.twilio_api.calls import CalleeBehaviour, EmulatedCallState
+from engine.testing.twilio_api.account import Account, CallbackOrder
 from engine.testing.twilio_api.emulator import TwilioEmulator, open_twilio_emulator
-from engine.testing.twilio_api.messages import EmulatedMessage
+from engine.testing.twilio_api.records import (
+    CalleeBehaviour,
+    EmulatedCallState,
+    EmulatedMessage,
+    Outcome,
+    RecordedRequest,
+    WebhookAttempt,
+)
 from engine.testing.twilio_api.resources import API_VERSION
-from engine.testing.twilio_api.server import RecordedRequest
-from engine.testing.twilio_api.webhooks import WebhookAttempt
 
 __all__ = [
     "API_VERSION",
+    "Account",
+    "CallbackOrder",
     "CalleeBehaviour",
     "EmulatedCallState",
     "EmulatedMessage",
+    "Outcome",
     "RecordedRequest",
     "TwilioEmulator",
     "WebhookAttempt",

@@ -1,7 +1,7 @@
 """How an emulated call runs, from queued to its final status.
 
 queued → initiated → ringing → answered (or busy, no-answer, failed, as the callee is scripted
-with :class:`~engine.testing.twilio_api.calls.CalleeBehaviour`). On answer the call fetches its
+with :class:`~engine.testing.twilio_api.records.CalleeBehaviour`). On answer the call fetches its
 TwiML (inline, or a signed voice webhook to ``Url``), dials the ``<Connect><Stream>`` with
 :func:`~engine.testing.stream.open_stream`, and plays the callee's part (speak, hang up).
 Signed status callbacks report the progress.
@@ -13,9 +13,7 @@ clock, ``time_scale`` real seconds per emulated second; callee scripts are in re
 from __future__ import annotations
 
 import math
-import random
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import trio
@@ -23,31 +21,42 @@ import trio_websocket
 
 from engine.control.twiml import ConnectStream, parse_connect_stream
 from engine.testing.stream import EmulatedStream, open_stream
-from engine.testing.twilio_api.calls import (
+from engine.testing.twilio_api.account import Account
+from engine.testing.twilio_api.records import (
     FINAL_STATUSES,
     EmulatedCallState,
     TwimlSource,
-    call_webhook_params,
+    WebhookAttempt,
 )
-from engine.testing.twilio_api.resources import rfc2822
-from engine.testing.twilio_api.webhooks import SHUFFLE_MAX_S, WebhookAttempt, WebhookSender
+from engine.testing.twilio_api.resources import API_VERSION, rfc2822
+from engine.testing.twilio_api.webhooks import WebhookSender
 
-if TYPE_CHECKING:
-    from engine.testing.twilio_api.emulator import TwilioEmulator
-
-__all__ = ["CallLifecycle"]
+__all__ = ["CallLifecycle", "call_webhook_params"]
 
 _STEP_S = 0.01
 """Real seconds between a call's queued, initiated and ringing steps."""
 _CALL_PRICE_PER_MINUTE = 0.014
 
 
+def call_webhook_params(call: EmulatedCallState, call_status: str) -> dict[str, str]:
+    """The fields every voice webhook about ``call`` carries (PROTOCOL.md §3)."""
+    return {
+        "AccountSid": call.account_sid,
+        "ApiVersion": API_VERSION,
+        "CallSid": call.sid,
+        "CallStatus": call_status,
+        "Called": call.to,
+        "Caller": call.from_,
+        "Direction": "outbound-api",
+        "From": call.from_,
+        "To": call.to,
+    }
+
+
 class CallLifecycle:
     """Runs each call of the emulated account as a task, and steers it while it runs."""
 
-    def __init__(
-        self, account: TwilioEmulator, webhooks: WebhookSender, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, account: Account, webhooks: WebhookSender, nursery: trio.Nursery) -> None:
         self._account = account
         self._webhooks = webhooks
         self._nursery = nursery
@@ -249,11 +258,10 @@ class CallLifecycle:
 
     def _status_event(self, call: EmulatedCallState, event: str, status: str) -> None:
         """Send the status callback for ``event``, if the call asked for it."""
-        account = self._account
         if (
             not call.status_callback
             or event not in call.status_callback_events
-            or not account.status_callbacks_enabled
+            or not self._account.status_callbacks_enabled
         ):
             return
         params = call_webhook_params(call, status)
@@ -275,13 +283,10 @@ class CallLifecycle:
         attempt = WebhookAttempt(
             "call-status", call.status_callback, call.status_callback_method, params, 0.0
         )
-        copies = 2 if account.duplicate_callbacks else 1
-        if account.callback_order == "shuffled":
-            for _ in range(copies):
-                delay = random.uniform(0, SHUFFLE_MAX_S)
-                self._webhooks.send_later(call.callbacks, attempt, delay)
-            return
+        self._webhooks.send_status(call.callbacks, attempt, in_order=lambda: self._outbox(call))
+
+    def _outbox(self, call: EmulatedCallState) -> trio.MemorySendChannel[WebhookAttempt]:
+        """The queue of ``call``'s in-order status callbacks (opened on first use)."""
         if call._outbox is None:
             call._outbox = self._webhooks.open_queue(call.callbacks)
-        for _ in range(copies):
-            call._outbox.send_nowait(attempt)
+        return call._outbox

@@ -1,11 +1,12 @@
-"""The emulated Twilio account: its settings, scripting and records, and how to run one.
+"""The emulated Twilio REST API as one object, and how to run one.
 
-:func:`open_twilio_emulator` serves a :class:`TwilioEmulator` on loopback. The emulator holds
-what a test reads and sets; the work is done by its parts: the HTTP server
-(:mod:`~engine.testing.twilio_api.server`), the Calls and Messages endpoints
-(:mod:`~engine.testing.twilio_api.calls`, :mod:`~engine.testing.twilio_api.messages`), the
-call lifecycle (:mod:`~engine.testing.twilio_api.call_lifecycle`) and the signed webhooks
-(:mod:`~engine.testing.twilio_api.webhooks`).
+:func:`open_twilio_emulator` serves a :class:`TwilioEmulator` on loopback. The emulator composes
+the parts around one :class:`~engine.testing.twilio_api.account.Account` (the settings and
+records they share): the signed webhooks (:mod:`~engine.testing.twilio_api.webhooks`), the call
+lifecycle (:mod:`~engine.testing.twilio_api.call_lifecycle`), the Calls and Messages endpoints
+(:mod:`~engine.testing.twilio_api.calls`, :mod:`~engine.testing.twilio_api.messages`) and the
+HTTP server (:mod:`~engine.testing.twilio_api.server`). It adds no behaviour of its own: its
+attributes are the account's, its methods script the parts.
 """
 
 from __future__ import annotations
@@ -13,41 +14,93 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from os import PathLike
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, TypeVar, overload
 
 import httpx
 import trio
 
 from engine.testing.stream import new_sid
+from engine.testing.twilio_api.account import Account, CallbackOrder, WhatsAppWindow
 from engine.testing.twilio_api.call_lifecycle import CallLifecycle
-from engine.testing.twilio_api.calls import (
+from engine.testing.twilio_api.calls import CallsEndpoint
+from engine.testing.twilio_api.messages import MessagesEndpoint
+from engine.testing.twilio_api.records import (
     CalleeBehaviour,
-    CallsEndpoint,
     EmulatedCallState,
-    Outcome,
-)
-from engine.testing.twilio_api.messages import (
-    WHATSAPP_SESSION_S,
     EmulatedMessage,
-    MessagesEndpoint,
-    whatsapp_address,
+    Outcome,
+    RecordedRequest,
+    WebhookAttempt,
 )
-from engine.testing.twilio_api.server import ApiServer, RecordedRequest
+from engine.testing.twilio_api.server import ApiServer
 from engine.testing.twilio_api.spec import ApiSpec
-from engine.testing.twilio_api.webhooks import CallbackOrder, WebhookAttempt, WebhookSender
+from engine.testing.twilio_api.webhooks import WebhookSender
 
 __all__ = ["TwilioEmulator", "open_twilio_emulator"]
+
+_T = TypeVar("_T")
+_ACCOUNT_FIELDS = frozenset(f.name for f in fields(Account))
+
+
+class _OnAccount(Generic[_T]):
+    """An attribute of :class:`TwilioEmulator` that is its account's: reading or setting it on
+    the emulator reads or sets :attr:`TwilioEmulator.account`'s attribute of the same name."""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        if name not in _ACCOUNT_FIELDS:
+            raise TypeError(f"Account has no attribute {name!r}")
+        self._name = name
+
+    @overload
+    def __get__(self, emulator: None, owner: type[Any]) -> _OnAccount[_T]: ...
+
+    @overload
+    def __get__(self, emulator: TwilioEmulator, owner: type[Any]) -> _T: ...
+
+    def __get__(self, emulator: TwilioEmulator | None, owner: type[Any]) -> _T | _OnAccount[_T]:
+        if emulator is None:
+            return self
+        value: _T = getattr(emulator.account, self._name)
+        return value
+
+    def __set__(self, emulator: TwilioEmulator, value: _T) -> None:
+        setattr(emulator.account, self._name, value)
 
 
 class TwilioEmulator:
     """The emulated Twilio account and REST API; made by :func:`open_twilio_emulator`.
 
-    Settings are plain attributes, read at the moment they apply: :attr:`status_callbacks_enabled`,
-    :attr:`callback_order`, :attr:`duplicate_callbacks`, :attr:`time_scale`,
-    :attr:`whatsapp_window`, :attr:`default_callee`.
+    The attributes below are :attr:`account`'s (see
+    :class:`~engine.testing.twilio_api.account.Account` for each): its identity
+    (``account_sid``, ``auth_token``, ``api_key_sid``, ``api_key_secret``, ``base_url``), its
+    settings, read at the moment they apply (``status_callbacks_enabled``, ``callback_order``,
+    ``duplicate_callbacks``, ``time_scale``, ``whatsapp_window``, ``default_callee``,
+    ``applications``) and its records (``calls``, ``messages``, ``requests``, ``callbacks``,
+    ``whatsapp_sessions``). Setting one on the emulator sets the account's.
     """
+
+    account_sid = _OnAccount[str]()
+    auth_token = _OnAccount[str]()
+    api_key_sid = _OnAccount[str]()
+    api_key_secret = _OnAccount[str]()
+    base_url = _OnAccount[str]()
+
+    status_callbacks_enabled = _OnAccount[bool]()
+    callback_order = _OnAccount[CallbackOrder]()
+    duplicate_callbacks = _OnAccount[bool]()
+    time_scale = _OnAccount[float]()
+    whatsapp_window = _OnAccount[WhatsAppWindow]()
+    default_callee = _OnAccount[CalleeBehaviour]()
+    applications = _OnAccount[dict[str, str]]()
+
+    calls = _OnAccount[dict[str, EmulatedCallState]]()
+    messages = _OnAccount[dict[str, EmulatedMessage]]()
+    requests = _OnAccount[list[RecordedRequest]]()
+    callbacks = _OnAccount[list[WebhookAttempt]]()
+    whatsapp_sessions = _OnAccount[dict[str, float]]()
 
     def __init__(
         self,
@@ -60,52 +113,19 @@ class TwilioEmulator:
     ) -> None:
         self.spec = spec
         """Twilio's OpenAPI description the requests are checked against."""
-        self.account_sid = account_sid
-        """The account (``AC…``): HTTP Basic username, and the ``{AccountSid}`` in every path."""
-        self.auth_token = auth_token
-        """The Auth Token: HTTP Basic password, and the key that signs every webhook."""
-        self.api_key_sid = new_sid("SK")
-        """An API key of the account: HTTP Basic username ``api_key_sid``, password below."""
-        self.api_key_secret = secrets.token_hex(16)
-        """The API key's secret."""
-        self.base_url = ""
-        """``http://127.0.0.1:PORT``: what a client uses as ``TWILIO_API_BASE_URL``."""
-        self.calls: dict[str, EmulatedCallState] = {}
-        """Every call created (and not deleted), by SID."""
-        self.messages: dict[str, EmulatedMessage] = {}
-        """Every message created or received (and not deleted), by SID."""
-        self.requests: list[RecordedRequest] = []
-        """Every request the REST API answered, in order."""
-        self.callbacks: list[WebhookAttempt] = []
-        """Every webhook the emulator sent (TwiML fetches, callbacks, inbound messages)."""
-        self.applications: dict[str, str] = {}
-        """TwiML apps: ``AP…`` SID → voice URL, for calls created with ``ApplicationSid``."""
-        self.whatsapp_sessions: dict[str, float] = {}
-        """Open WhatsApp sessions: ``whatsapp:+E164`` → when it closes (``trio.current_time()``)."""
-        self.status_callbacks_enabled = True
-        """Send status callbacks at all."""
-        self.callback_order: CallbackOrder = "in-order"
-        """``in-order``: one after another per call; ``shuffled``: each after a random delay,
-        so they may arrive out of order (as Twilio warns they can)."""
-        self.duplicate_callbacks = False
-        """Send every status callback twice (same ``SequenceNumber``)."""
-        self.time_scale = 1.0
-        """Real seconds per emulated second, for ``Timeout``, ``TimeLimit`` and durations."""
-        self.whatsapp_window: Literal["reject", "fail"] = "reject"
-        """A free-form WhatsApp message outside the 24 h session: ``reject`` answers HTTP 400
-        with code 63016; ``fail`` accepts it (201) and then fails it with error_code 63016."""
-        self.default_callee = CalleeBehaviour()
-        """How numbers not scripted with :meth:`callee` behave."""
-        webhooks = WebhookSender(self, http, nursery)
-        self._calls = CallsEndpoint(self, CallLifecycle(self, webhooks, nursery))
-        self._messages = MessagesEndpoint(self, webhooks, nursery)
-        self._server = ApiServer(self, self._calls, self._messages)
+        self.account = Account(account_sid=account_sid, auth_token=auth_token)
+        """The settings and records every part of the emulator shares."""
+        webhooks = WebhookSender(self.account, http, nursery)
+        lifecycle = CallLifecycle(self.account, webhooks, nursery)
+        self._calls = CallsEndpoint(self.account, spec, lifecycle)
+        self._messages = MessagesEndpoint(self.account, spec, webhooks, nursery)
+        self._server = ApiServer(self.account, self._calls, self._messages)
 
     def callee(self, number: str, behaviour: CalleeBehaviour | Outcome) -> None:
         """Script how ``number`` answers calls: a :class:`CalleeBehaviour` or just its outcome."""
         if isinstance(behaviour, str):
             behaviour = CalleeBehaviour(outcome=behaviour)
-        self._calls.script_callee(number, behaviour)
+        self.account.callees[number] = behaviour
 
     def inject(
         self,
@@ -138,11 +158,11 @@ class TwilioEmulator:
 
     def open_whatsapp_session(self, number: str) -> None:
         """Open the 24 h WhatsApp session with ``number`` (``whatsapp:`` prefix optional)."""
-        self.whatsapp_sessions[whatsapp_address(number)] = trio.current_time() + WHATSAPP_SESSION_S
+        self.account.open_whatsapp_session(number)
 
     def close_whatsapp_session(self, number: str) -> None:
         """Close the WhatsApp session with ``number``, as if 24 h had passed."""
-        self.whatsapp_sessions.pop(whatsapp_address(number), None)
+        self.account.close_whatsapp_session(number)
 
     async def post_whatsapp_message(
         self,

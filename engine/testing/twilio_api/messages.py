@@ -7,16 +7,16 @@ server, opening the 24-hour session that free-form replies need.
 
 from __future__ import annotations
 
-import math
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 import trio
 
 from engine.testing.stream import new_sid
+from engine.testing.twilio_api.account import Account, whatsapp_address
+from engine.testing.twilio_api.records import EmulatedMessage, WebhookAttempt
 from engine.testing.twilio_api.resources import (
     ACCOUNTS_PREFIX,
     API_VERSION,
@@ -26,16 +26,10 @@ from engine.testing.twilio_api.resources import (
     rfc2822,
 )
 from engine.testing.twilio_api.rules import check_create_message, count_segments
-from engine.testing.twilio_api.spec import ApiError, FormValues, first_value
-from engine.testing.twilio_api.webhooks import SHUFFLE_MAX_S, WebhookAttempt, WebhookSender
+from engine.testing.twilio_api.spec import ApiError, ApiSpec, first_value
+from engine.testing.twilio_api.webhooks import WebhookSender
 
-if TYPE_CHECKING:
-    from engine.testing.twilio_api.emulator import TwilioEmulator
-
-__all__ = ["WHATSAPP_SESSION_S", "EmulatedMessage", "MessagesEndpoint", "whatsapp_address"]
-
-WHATSAPP_SESSION_S = 24 * 3600.0
-"""How long a WhatsApp session stays open after the user's last message, in seconds."""
+__all__ = ["MessagesEndpoint"]
 
 _MESSAGE_STEP_S = 0.03
 """Real seconds between a message's queued, sending, sent and delivered steps."""
@@ -43,63 +37,17 @@ _SMS_PRICE_PER_SEGMENT = 0.0075
 _WHATSAPP_PRICE = 0.005
 
 
-def whatsapp_address(number: str) -> str:
-    """``number`` with the ``whatsapp:`` prefix (added when missing)."""
-    return number if number.startswith("whatsapp:") else f"whatsapp:{number}"
-
-
-class EmulatedMessage(Mapping[str, Any]):
-    """One message: reads as its resource (``message["status"]``), plus what was received."""
-
-    def __init__(self, resource: dict[str, Any], form: list[tuple[str, str]]) -> None:
-        self.resource = resource
-        """The message resource as the API serves it (snake_case, every schema property)."""
-        self.form = form
-        """The create request's form fields (or the inbound webhook's), as received."""
-        self.params: FormValues = {}
-        """:attr:`form` as a multi-dict."""
-        for name, value in form:
-            self.params.setdefault(name, []).append(value)
-        self.progress: list[str] = [resource["status"]]
-        """Every status the message went through, in order."""
-        self.callbacks: list[WebhookAttempt] = []
-        """Status callbacks sent for it (or the inbound webhook, for an inbound message)."""
-        self.settled = trio.Event()
-        """Set when the message reaches a final status (delivered, received, failed…)."""
-
-    @property
-    def sid(self) -> str:
-        """The message SID (SM… or MM…)."""
-        return str(self.resource["sid"])
-
-    @property
-    def status(self) -> str:
-        """The message's current status."""
-        return str(self.resource["status"])
-
-    def __getitem__(self, key: str) -> Any:
-        return self.resource[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.resource)
-
-    def __len__(self) -> int:
-        return len(self.resource)
-
-    def __repr__(self) -> str:
-        return f"EmulatedMessage({self.resource!r})"
-
-
 class MessagesEndpoint:
     """The emulated account's Messages: create, update, deliver, and receive from WhatsApp."""
 
     def __init__(
-        self, account: TwilioEmulator, webhooks: WebhookSender, nursery: trio.Nursery
+        self, account: Account, spec: ApiSpec, webhooks: WebhookSender, nursery: trio.Nursery
     ) -> None:
         self._account = account
+        self._spec = spec
         self._webhooks = webhooks
         self._nursery = nursery
-        self._properties = account.spec.resource_properties("api.v2010.account.message")
+        self._properties = spec.resource_properties("api.v2010.account.message")
 
     def create(self, form: list[tuple[str, str]]) -> dict[str, Any]:
         """``CreateMessage``: check ``form``, start delivering, and return the resource.
@@ -107,10 +55,10 @@ class MessagesEndpoint:
         Raises :class:`~engine.testing.twilio_api.spec.ApiError` for a request Twilio refuses.
         """
         account = self._account
-        values = account.spec.validate_form(account.spec.operation("POST", MESSAGES_PATH), form)
+        values = self._spec.validate_form(self._spec.operation("POST", MESSAGES_PATH), form)
         window_fails = False
         try:
-            check_create_message(values, self._session_open)
+            check_create_message(values, account.whatsapp_session_open)
         except ApiError as exc:
             if exc.code != 63016 or account.whatsapp_window != "fail":
                 raise
@@ -168,8 +116,7 @@ class MessagesEndpoint:
 
         Raises :class:`~engine.testing.twilio_api.spec.ApiError` for a request Twilio refuses.
         """
-        spec = self._account.spec
-        values = spec.validate_form(spec.operation("POST", MESSAGE_PATH), form)
+        values = self._spec.validate_form(self._spec.operation("POST", MESSAGE_PATH), form)
         body, status = values.get("Body"), values.get("Status")
         if body is not None and body[0] != "":
             raise ApiError(400, 20001, "Body can only be redacted: set it to an empty string")
@@ -249,9 +196,6 @@ class MessagesEndpoint:
         account.messages[sid] = message
         return await self._webhooks.post_inbound(server_url, params, message.callbacks)
 
-    def _session_open(self, address: str) -> bool:
-        return self._account.whatsapp_sessions.get(address, -math.inf) > trio.current_time()
-
     def _set_status(self, message: EmulatedMessage, status: str) -> None:
         message.resource["status"] = status
         message.resource["date_updated"] = rfc2822(time.time())
@@ -287,9 +231,8 @@ class MessagesEndpoint:
         message.settled.set()
 
     def _status_callback(self, message: EmulatedMessage) -> None:
-        account = self._account
         callback = message.params.get("StatusCallback")
-        if not callback or not account.status_callbacks_enabled:
+        if not callback or not self._account.status_callbacks_enabled:
             return
         resource = message.resource
         params = {
@@ -307,8 +250,4 @@ class MessagesEndpoint:
         if resource["error_code"] is not None:
             params["ErrorCode"] = str(resource["error_code"])
         attempt = WebhookAttempt("message-status", callback[0], "POST", params, 0.0)
-        copies = 2 if account.duplicate_callbacks else 1
-        shuffled = account.callback_order == "shuffled"
-        for _ in range(copies):
-            delay = random.uniform(0, SHUFFLE_MAX_S) if shuffled else 0.0
-            self._webhooks.send_later(message.callbacks, attempt, delay)
+        self._webhooks.send_status(message.callbacks, attempt)

@@ -5,7 +5,8 @@ auth (the account SID and Auth Token, or an API key), answers injected faults fi
 ``/2010-04-01/Accounts/{AccountSid}/(Calls|Messages)[/{Sid}].json`` to the
 :class:`~engine.testing.twilio_api.calls.CallsEndpoint` and
 :class:`~engine.testing.twilio_api.messages.MessagesEndpoint`, lists resources, and answers
-every failure with Twilio's error JSON. Each request is recorded as a :class:`RecordedRequest`.
+every failure with Twilio's error JSON. Each request is recorded in the account as a
+:class:`~engine.testing.twilio_api.records.RecordedRequest`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import trio
@@ -28,15 +29,14 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from engine.testing.stream import new_sid
+from engine.testing.twilio_api.account import Account
 from engine.testing.twilio_api.calls import CallsEndpoint
 from engine.testing.twilio_api.messages import MessagesEndpoint
+from engine.testing.twilio_api.records import RecordedRequest
 from engine.testing.twilio_api.resources import ACCOUNTS_PREFIX
 from engine.testing.twilio_api.spec import ApiError
 
-if TYPE_CHECKING:
-    from engine.testing.twilio_api.emulator import TwilioEmulator
-
-__all__ = ["ApiServer", "RecordedRequest"]
+__all__ = ["ApiServer"]
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +53,6 @@ _DEFAULT_ERRORS = {
     500: (20500, "Internal Server Error"),
     503: (20503, "Service Unavailable"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One request the emulated REST API received, and the status it answered."""
-
-    method: str
-    path: str
-    query: str
-    form: list[tuple[str, str]]
-    """The form body as (name, value) pairs, in the order received."""
-    status: int
-    username: str | None
-    """The HTTP Basic username, if any."""
 
 
 @dataclass
@@ -112,9 +98,7 @@ def _credentials(authorization: str | None) -> tuple[str, str] | None:
 class ApiServer:
     """The HTTP side of the emulated account: the ASGI app, its faults, and serving it."""
 
-    def __init__(
-        self, account: TwilioEmulator, calls: CallsEndpoint, messages: MessagesEndpoint
-    ) -> None:
+    def __init__(self, account: Account, calls: CallsEndpoint, messages: MessagesEndpoint) -> None:
         self._account = account
         self._calls = calls
         self._messages = messages

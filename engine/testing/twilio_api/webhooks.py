@@ -1,68 +1,40 @@
-"""Twilio's signed webhooks, as the emulator sends them, and the record of every attempt.
+"""Twilio's signed webhooks, as the emulator sends them.
 
 :class:`WebhookSender` signs each request with the account's Auth Token (``X-Twilio-Signature``)
-and sends it: TwiML fetches and status callbacks at once, later, or queued in order; inbound
-messages as a plain POST. Every attempt becomes a :class:`WebhookAttempt`.
+and sends it: TwiML fetches at once; status callbacks as the account's callback settings say
+(in order, shuffled, duplicated); inbound messages as a plain POST. Every attempt is recorded as a
+:class:`~engine.testing.twilio_api.records.WebhookAttempt`, in the account's ``callbacks`` and in
+the list of the call or message it is about.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import httpx
 import trio
 
 from engine.control.signature import SIGNATURE_HEADER, compute_signature
+from engine.testing.twilio_api.account import Account
+from engine.testing.twilio_api.records import WebhookAttempt
 
-if TYPE_CHECKING:
-    from engine.testing.twilio_api.emulator import TwilioEmulator
-
-__all__ = ["SHUFFLE_MAX_S", "CallbackOrder", "WebhookAttempt", "WebhookSender"]
+__all__ = ["SHUFFLE_MAX_S", "WebhookSender"]
 
 log = logging.getLogger(__name__)
-
-CallbackOrder = Literal["in-order", "shuffled"]
-"""How status callbacks go out: one after another per call, or each after a random delay."""
 
 SHUFFLE_MAX_S = 0.08
 """Shuffled callbacks each wait a random delay up to this long."""
 
 
-@dataclass(slots=True)
-class WebhookAttempt:
-    """One request the emulator sent: a TwiML fetch, a status callback or an inbound message."""
-
-    kind: str
-    """``twiml``, ``call-status``, ``message-status`` or ``inbound-message``."""
-    url: str
-    method: str
-    params: dict[str, str]
-    sent_at: float
-    """``trio.current_time()`` when the request left."""
-    status: int | None = None
-    """The HTTP status answered, or ``None`` when the request failed."""
-    error: str | None = None
-    """Why the request failed (connection refused, timeout), if it did."""
-    text: str = ""
-    """The response body."""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the request got a 2xx answer."""
-        return self.status is not None and 200 <= self.status < 300
-
-
 class WebhookSender:
     """Sends the emulated account's signed webhooks; records each in its ``callbacks``."""
 
-    def __init__(
-        self, account: TwilioEmulator, http: httpx.AsyncClient, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, account: Account, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
         self._account = account
         self._http = http
         self._nursery = nursery
@@ -95,6 +67,30 @@ class WebhookSender:
                 "%s webhook %s %s failed: %s", kind, method, url, attempt.error or attempt.status
             )
         return attempt
+
+    def send_status(
+        self,
+        log_to: list[WebhookAttempt],
+        template: WebhookAttempt,
+        in_order: Callable[[], trio.MemorySendChannel[WebhookAttempt]] | None = None,
+    ) -> None:
+        """Send status callback ``template`` in the background, as the account's settings say.
+
+        Twice if :attr:`~Account.duplicate_callbacks`; with ``shuffled``
+        :attr:`~Account.callback_order`, each copy after a random delay (up to
+        :data:`SHUFFLE_MAX_S`); otherwise into the queue ``in_order`` gives (see
+        :meth:`open_queue`), or at once without one. Each attempt is logged to ``log_to``.
+        """
+        copies = 2 if self._account.duplicate_callbacks else 1
+        shuffled = self._account.callback_order == "shuffled"
+        if in_order is not None and not shuffled:
+            queue = in_order()
+            for _ in range(copies):
+                queue.send_nowait(template)
+            return
+        for _ in range(copies):
+            delay = random.uniform(0, SHUFFLE_MAX_S) if shuffled else 0.0
+            self.send_later(log_to, template, delay)
 
     def send_later(
         self, log_to: list[WebhookAttempt], template: WebhookAttempt, delay: float
