@@ -33,6 +33,7 @@ from engine.loader import load_stage_factory
 from engine.media.protocol import Start
 from engine.media.session import CallSession, MediaSocket, SessionConfig
 from engine.media.stage import Stage, StageFactory
+from engine.quiet import LogLimiter
 from engine.transport.http1 import Request
 
 __all__ = ["PIPELINE_PARAMETER", "Switchboard", "SwitchboardConfig"]
@@ -73,6 +74,7 @@ class Switchboard:
         self._idle.set()
         self._closing = False
         self._measured = trio.Event()
+        self._refusals = LogLimiter()
         self.capacity: CapacityEstimate | None = None
         """The measured cost of a call and the ceiling it implies (``max_calls="auto"``)."""
         self.media_url = ""
@@ -85,7 +87,11 @@ class Switchboard:
         refused = self.admission.admit(call_sid, trio.current_time())
         if refused is not None:
             metrics.CALLS_REFUSED.labels(refused).inc()
-            log.warning("call %s refused: %s", call_sid, refused)
+            count = self._refusals.note(refused, trio.current_time())
+            if count:
+                log.warning(
+                    "call %s refused (%s); %d refused for this reason", call_sid, refused, count
+                )
         else:
             metrics.CALLS_ADMITTED.inc()
         return refused

@@ -210,6 +210,23 @@ def _run_workers(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     )
 
 
+FULL_COLLECTION_EVERY = 1000
+"""Middle-generation collections between two full ones (CPython's default is 10)."""
+
+
+def _settle_gc() -> None:
+    """Keep the garbage collector's pauses out of the frames' way.
+
+    Objects alive once the server is up never die: they are frozen, so no collection scans
+    them again. A full collection scans every live call's objects — tens of milliseconds at a
+    few hundred calls, a late frame on every call — so it comes 100 times less often than
+    CPython's default; young garbage is collected as usual.
+    """
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+
 def _print_trigger(name: str) -> TriggerHandler:
     """A trigger handler that prints ``{"trigger": name, "output": {...}}`` as a JSON line."""
 
@@ -242,7 +259,7 @@ async def _serve(server: VoiceServer, ready_fd: int | None = None) -> None:
 
             nursery.start_soon(stop_on_signal)
             url = await nursery.start(run)
-            gc.freeze()  # start-up objects never die: keep them out of every full collection
+            _settle_gc()
             if ready_fd is None:
                 print(f"voice-engine serving on {url}", flush=True)
             else:  # a worker of ``serve --workers N``: its parent announces the server

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import trio
 
 from engine.errors import ConnectionClosed, EngineError
+from engine.quiet import LogLimiter
 from engine.transport.http import HttpApp, HttpLimits, read_request
 from engine.transport.http1 import Request, simple_response
 from engine.transport.websocket import MediaWebSocket, answer_handshake
@@ -114,7 +115,7 @@ class FrontDoor:
         self.limits = limits or HttpLimits()
         self.max_connections = max_connections or default_max_connections()
         self._stats = DoorStatistics()
-        self._logged_at: dict[str, float] = {}
+        self._refusals = LogLimiter(LOG_EVERY_S)
         self._reserve: int | None = None
 
     def statistics(self) -> DoorStatistics:
@@ -194,14 +195,13 @@ class FrontDoor:
     def _count(self, reason: str, detail: str = "") -> None:
         refused = self._stats.refused
         refused[reason] = refused.get(reason, 0) + 1
-        now = trio.current_time()
-        if now - self._logged_at.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._logged_at[reason] = now
+        count = self._refusals.note(reason, trio.current_time())
+        if count:
             log.warning(
-                "connection refused (%s%s); %d refused so far for this reason",
+                "connection refused (%s%s); %d refused for this reason",
                 reason,
                 f": {detail}" if detail else "",
-                refused[reason],
+                count,
             )
 
     async def _connection(self, conn: socket.socket) -> None:
