@@ -5,6 +5,7 @@ The public face — everything a user embedding the engine needs, importable fro
     from engine import CallContext, Stage, Utterance        # write a stage
     from engine import ServerConfig, serve                  # run the server in your own code
     from engine import Credentials, TwilioClient, send_sms  # the actions
+    from engine import Component, execute                   # the actions as task objects
 
 Writing a stage: subclass :class:`Stage` and override ``on_utterance`` (or ``run``); it talks
 to its call through :class:`CallContext` and receives the frames below. Serving: pass a
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.admission import AdmissionConfig
+    from engine.component import Component, execute
     from engine.control.calls import make_call
     from engine.control.messages import send_sms, send_whatsapp
     from engine.control.rest import Credentials, TwilioClient
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "AdmissionConfig": "engine.admission",
+    "Component": "engine.component",
+    "execute": "engine.component",
     "make_call": "engine.control.calls",
     "send_sms": "engine.control.messages",
     "send_whatsapp": "engine.control.messages",
@@ -92,6 +96,7 @@ __all__ = [
     "AdmissionConfig",
     "Audio",
     "CallContext",
+    "Component",
     "ConfigError",
     "Credentials",
     "Dtmf",
@@ -114,6 +119,7 @@ __all__ = [
     "TwilioClient",
     "Utterance",
     "VoiceServer",
+    "execute",
     "make_call",
     "send_sms",
     "send_whatsapp",

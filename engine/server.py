@@ -33,7 +33,7 @@ from engine.control.calls import CallStatusBoard, make_call
 from engine.control.rest import TwilioClient
 from engine.control.signature import WebhookAuth
 from engine.control.twiml import stream_url
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InvalidInput
 from engine.loader import BUNDLED
 from engine.media.protocol import MAX_MESSAGE_BYTES
 from engine.media.session import SessionConfig
@@ -107,6 +107,9 @@ class ServerConfig:
                 "TWILIO_AUTH_TOKEN is not set: webhooks could not be verified. Set it, or pass "
                 "--insecure to run without signature checks (never on a public address)."
             )
+        inbound = self.triggers.sub_workflow
+        if inbound is not None and inbound not in self.pipelines:
+            raise ConfigError(f"inboundCall subWorkflow {inbound!r} is not in pipelines")
 
 
 def _listen(host: str, port: int, fd: int | None) -> socket.socket:
@@ -185,8 +188,15 @@ class VoiceServer:
 
     async def make_call(self, client: TwilioClient, **options: Any) -> dict[str, Any]:
         """The ``makeCall`` action on this server: refuse at once (:class:`Overloaded`) if it
-        could not take the call, else place it (see :func:`~engine.control.calls.make_call`
-        for ``options``) and return its outcome when it ends."""
+        could not take the call, or (:class:`InvalidInput`, ``subWorkflow``) if it does not
+        serve ``pipeline``; else place it (see :func:`~engine.control.calls.make_call` for
+        ``options``) and return its outcome when it ends."""
+        pipeline = options.get("pipeline")
+        if not isinstance(pipeline, str) or pipeline not in self.config.pipelines:
+            served = ", ".join(sorted(self.config.pipelines))
+            raise InvalidInput(
+                "subWorkflow", f"pipeline {pipeline!r} is not served here (serving: {served})"
+            )
         self.refuse_if_full()
         assert self.public_url is not None, "serve() first"
         return await make_call(client, self.status_board, public_url=self.public_url, **options)

@@ -4,7 +4,7 @@
   whose ``<Parameter>`` s carry the call's pipeline and a short-lived token bound to its CallSid
   (or refusal TwiML); fires the ``inboundCall`` trigger for inbound calls.
 - ``POST /twilio/status`` — call status callbacks, for the ``makeCall`` s waiting here.
-- ``POST /twilio/whatsapp`` — fires ``newWhatsappMessage``.
+- ``POST /twilio/whatsapp`` — fires ``newWhatsappMessage`` for WhatsApp messages (not SMS).
 - ``GET /healthz`` (503 while draining), ``GET /metrics`` (Prometheus text format).
 
 Every webhook passes the signed-form gate first: ``X-Twilio-Signature`` checked against the
@@ -30,7 +30,7 @@ from engine.control.twiml import connect_stream, empty_response, reject, say_and
 from engine.errors import ConfigError, EngineError
 from engine.switchboard import PIPELINE_PARAMETER, Switchboard
 
-__all__ = ["MAX_WEBHOOK_BYTES", "TriggerHandler", "Triggers", "make_app"]
+__all__ = ["MAX_WEBHOOK_BYTES", "TriggerHandler", "Triggers", "is_whatsapp", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,18 @@ TriggerHandler = Callable[[dict[str, Any]], Awaitable[None]]
 class Triggers:
     """Handlers for the component's triggers; each runs in the server's nursery, off the request.
 
-    ``inbound_call`` gets ``{callSid, from, to, direction, accountSid, callStatus}`` for every
-    inbound call; ``whatsapp_message`` gets every field Twilio posted for an incoming WhatsApp
-    message. A handler that raises is logged; it never fails the webhook.
+    ``inbound_call`` gets ``{callSid, from, to, direction, accountSid, callStatus}`` (strings)
+    for every inbound call; ``whatsapp_message`` gets every field Twilio posted for an incoming
+    WhatsApp message (``From`` and ``To`` are ``whatsapp:`` addresses; an SMS posted to the
+    same route fires nothing). A handler that raises is logged; it never fails the webhook.
     """
 
     inbound_call: TriggerHandler | None = None
     whatsapp_message: TriggerHandler | None = None
     max_concurrent: int = 64
+    sub_workflow: str | None = None
+    """The ``inboundCall`` trigger's ``subWorkflow``: the pipeline inbound calls run (one of
+    ``ServerConfig.pipelines``); ``None``: the server's default stage."""
 
 
 class _TriggerRunner:
@@ -87,6 +91,12 @@ class _TriggerRunner:
                 self._limiter.release_on_behalf_of(borrower)
 
         self.nursery.start_soon(run)
+
+
+def is_whatsapp(fields: Mapping[str, str]) -> bool:
+    """Whether an inbound message's form is WhatsApp traffic: ``From`` and ``To`` are
+    ``whatsapp:`` addresses (an SMS to the same number has bare E.164 ones)."""
+    return all(fields.get(name, "").startswith("whatsapp:") for name in ("From", "To"))
 
 
 def _text(body: str, status: int) -> Response:
@@ -146,7 +156,10 @@ def make_app(
         if not call_sid:
             return _text("CallSid is required\n", 400)
         parameters = {}
+        direction = fields.get("Direction", "inbound")
         pipeline = request.args.get(PIPELINE_PARAMETER)
+        if not pipeline and direction == "inbound":
+            pipeline = triggers.sub_workflow
         if pipeline:
             if pipeline not in switchboard.config.pipelines:
                 raise ConfigError(f"pipeline {pipeline[:80]!r} is not served here", http_status=400)
@@ -161,18 +174,17 @@ def make_app(
         await switchboard.ready()
         if switchboard.admit(call_sid) is not None:
             return _twiml(refusal(fields))
-        direction = fields.get("Direction", "inbound")
         log.debug("call %s admitted (%s)", call_sid, direction)
         if direction == "inbound":
             await runner.fire(
                 triggers.inbound_call,
                 {
                     "callSid": call_sid,
-                    "from": fields.get("From"),
-                    "to": fields.get("To"),
-                    "direction": fields.get("Direction"),
-                    "accountSid": fields.get("AccountSid"),
-                    "callStatus": fields.get("CallStatus"),
+                    "from": fields.get("From", ""),
+                    "to": fields.get("To", ""),
+                    "direction": direction,
+                    "accountSid": fields.get("AccountSid", ""),
+                    "callStatus": fields.get("CallStatus", ""),
                 },
             )
         return _twiml(twiml)
@@ -187,7 +199,10 @@ def make_app(
     @app.post("/twilio/whatsapp")
     async def whatsapp() -> Response:
         fields = await signed_form()
-        await runner.fire(triggers.whatsapp_message, dict(fields))
+        if is_whatsapp(fields):
+            await runner.fire(triggers.whatsapp_message, dict(fields))
+        else:
+            log.info("a non-WhatsApp message reached /twilio/whatsapp: no trigger fired")
         return _twiml(empty_response())
 
     @app.get("/healthz")

@@ -12,8 +12,12 @@ import pytest
 import trio
 from twilio.request_validator import RequestValidator
 
+from engine.component import triggers
+from engine.errors import ConfigError
 from engine.server import ServerConfig, Triggers, VoiceServer
+from engine.testing import ring
 from pipelines.echo import create as echo
+from pipelines.turn_echo import create as turn_echo
 
 TOKEN = "webhook-test-token"
 ACCOUNT = "AC" + "1" * 32
@@ -201,3 +205,85 @@ async def test_webhook_bodies_are_bounded_and_unsigned_ones_are_not_read() -> No
         assert (
             await post(url, STATUS, validator.compute_signature(url, STATUS))
         ).status_code == 204
+
+
+SMS = {
+    "MessageSid": "SM" + "4" * 32,
+    "SmsSid": "SM" + "4" * 32,
+    "AccountSid": ACCOUNT,
+    "From": "+15017122661",
+    "To": "+14155552671",
+    "Body": "an SMS, not a WhatsApp message",
+    "NumMedia": "0",
+    "NumSegments": "1",
+}
+
+
+async def test_an_sms_posted_to_the_whatsapp_webhook_fires_no_trigger() -> None:
+    # Defect 7: newWhatsappMessage fired for any POST to the route, an SMS included.
+    events: list[tuple[str, dict[str, Any]]] = []
+    validator = RequestValidator(TOKEN)
+    async with running(events) as server:
+        url = f"{server.public_url}/twilio/whatsapp"
+        sms = await post(url, SMS, validator.compute_signature(url, SMS))
+        whatsapp = await post(url, WHATSAPP, validator.compute_signature(url, WHATSAPP))
+        await trio.sleep(0.05)
+    assert sms.status_code == whatsapp.status_code == 200  # Twilio gets its empty TwiML
+    assert len(ET.fromstring(sms.text)) == 0
+    assert events == [("newWhatsappMessage", WHATSAPP)]  # the WhatsApp message only
+
+
+async def test_the_inbound_call_trigger_runs_its_sub_workflow() -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def handler(name: str, output: dict[str, Any]) -> None:
+        events.append((name, output))
+
+    inbound = {
+        "label": "Inbound Voice Call",
+        "name": "inboundCall",
+        "parameters": {"subWorkflow": "echo"},
+        "type": "twilio/v1/inboundCall",
+    }
+    config = ServerConfig(
+        stage_factory=turn_echo,
+        auth_token=TOKEN,
+        port=0,
+        triggers=triggers(inbound, {"type": "twilio/v1/newWhatsappMessage"}, handler=handler),
+    )
+    server = VoiceServer(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        assert server.public_url is not None
+        call = await ring(server.public_url, TOKEN, from_number="+15017122661")
+        # An outbound call's own pipeline (makeCall's ?pipeline=) is kept.
+        url = f"{server.public_url}/twilio/voice?pipeline=turn-echo"
+        outbound = {**VOICE, "Direction": "outbound-api"}
+        answer = await post(url, outbound, RequestValidator(TOKEN).compute_signature(url, outbound))
+        await trio.sleep(0.05)
+        server.shutdown()
+    assert call.connect.parameters["pipeline"] == "echo"
+    pipelines = [p.get("value") for p in ET.fromstring(answer.text).iter("Parameter")]
+    assert "turn-echo" in pipelines and "echo" not in pipelines
+    assert events == [
+        (
+            "inboundCall",
+            {
+                "callSid": call.call_sid,
+                "from": "+15017122661",
+                "to": call.to_number,
+                "direction": "inbound",
+                "accountSid": call.account_sid,
+                "callStatus": "ringing",
+            },
+        )
+    ]
+
+
+def test_a_sub_workflow_the_server_does_not_serve_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="mine:create"):
+        ServerConfig(
+            stage_factory=turn_echo,
+            auth_token=TOKEN,
+            triggers=Triggers(sub_workflow="mine:create"),
+        )

@@ -1,8 +1,9 @@
 """The ``voice-engine`` command line: ``serve``, ``demo``, ``bench`` and the actions ``call``,
-``sms``, ``whatsapp``.
+``sms``, ``whatsapp``, ``run`` (a task object) and ``request`` (the custom action).
 
 One module per command family: :mod:`engine.cli.serve` (the server), :mod:`engine.cli.actions`
-(the component's actions); ``demo`` is :mod:`engine.demo`, ``bench`` is :mod:`bench.cli`.
+(the component's actions) with :mod:`engine.cli.tasks` (``run``, ``request``); ``demo`` is
+:mod:`engine.demo`, ``bench`` is :mod:`bench.cli`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from engine.errors import EngineError
 
 __all__ = ["main"]
 
-QUIET_COMMANDS = {"demo", "bench", "call", "sms", "whatsapp"}
+QUIET_COMMANDS = {"demo", "bench", "call", "sms", "whatsapp", "run", "request"}
 """Commands whose output is their result: they log warnings and errors only by default."""
 
 

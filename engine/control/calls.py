@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 
 import trio
 
-from engine.control.messages import e164
+from engine.control import validation
 from engine.control.rest import TwilioClient
-from engine.errors import InvalidInput, TwilioAPIError
+from engine.errors import TwilioAPIError
 
-__all__ = ["FINAL_STATUSES", "CallStatusBoard", "StatusUpdate", "make_call"]
+__all__ = ["FINAL_STATUSES", "CallStatusBoard", "StatusUpdate", "call_params", "make_call"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,42 @@ def _outcome(resource: Mapping[str, Any], status: str | None = None) -> dict[str
     }
 
 
+def call_params(
+    *,
+    to: object,
+    from_: object,
+    public_url: str,
+    pipeline: object,
+    ring_timeout: object = None,
+    max_duration: object = None,
+) -> dict[str, str | list[str]]:
+    """makeCall's ``CreateCall`` fields, checked (:class:`~engine.errors.InvalidInput` names the
+    documented parameter: ``To``, ``From``, ``subWorkflow``, ``timeout``, ``maxDuration``).
+
+    ``Timeout`` is the ring time in seconds; ``TimeLimit`` the ``maxDuration`` minutes in whole
+    seconds, rounded up.
+    """
+    checked_to, checked_from = validation.e164(to, "To"), validation.e164(from_, "From")
+    name = validation.pipeline_name(pipeline)
+    ring = validation.ring_timeout(ring_timeout)
+    minutes = validation.max_duration(max_duration)
+    base = public_url.rstrip("/")
+    params: dict[str, str | list[str]] = {
+        "To": checked_to,
+        "From": checked_from,
+        "Url": f"{base}/twilio/voice?{urlencode({'pipeline': name})}",
+        "Method": "POST",
+        "StatusCallback": f"{base}/twilio/status",
+        "StatusCallbackMethod": "POST",
+        "StatusCallbackEvent": list(STATUS_EVENTS),
+    }
+    if ring is not None:
+        params["Timeout"] = str(ring)
+    if minutes is not None:
+        params["TimeLimit"] = str(max(1, math.ceil(minutes * 60)))
+    return params
+
+
 async def make_call(
     client: TwilioClient,
     board: CallStatusBoard,
@@ -134,28 +170,20 @@ async def make_call(
     ``ring_timeout`` (the component's ``timeout``) is the ring time in seconds (Twilio: 1–600,
     default 60); ``max_duration`` the minutes to wait for the call to end (fractions allowed),
     after which it is hung up and the result's status is ``timeout``. Returns
-    ``{callSid, status, duration, direction}``.
+    ``{callSid, status, duration, direction}``. Bad input raises
+    :class:`~engine.errors.InvalidInput` before any request (see :func:`call_params`).
     """
-    to, from_ = e164(to, "To"), e164(from_, "From")
-    if ring_timeout is not None and not 1 <= ring_timeout <= 600:
-        raise InvalidInput("timeout", "ring timeout must be 1–600 seconds")
-    if max_duration is not None and max_duration <= 0:
-        raise InvalidInput("maxDuration", "must be a positive number of minutes")
-    base = public_url.rstrip("/")
-    params: dict[str, str | list[str]] = {
-        "To": to,
-        "From": from_,
-        "Url": f"{base}/twilio/voice?{urlencode({'pipeline': pipeline})}",
-        "Method": "POST",
-        "StatusCallback": f"{base}/twilio/status",
-        "StatusCallbackMethod": "POST",
-        "StatusCallbackEvent": list(STATUS_EVENTS),
-    }
-    if ring_timeout is not None:
-        params["Timeout"] = str(ring_timeout)
-    if max_duration is not None:
-        params["TimeLimit"] = str(max(1, math.ceil(max_duration * 60)))
-    deadline = trio.current_time() + max_duration * 60 if max_duration else math.inf
+    params = call_params(
+        to=to,
+        from_=from_,
+        public_url=public_url,
+        pipeline=pipeline,
+        ring_timeout=ring_timeout,
+        max_duration=max_duration,
+    )
+    to = str(params["To"])
+    minutes = validation.max_duration(max_duration)
+    deadline = trio.current_time() + minutes * 60 if minutes else math.inf
     created = await client.request("POST", "Calls.json", params)
     call_sid = str(created["sid"])
     log.info("call %s placed to %s (pipeline %s)", call_sid, to, pipeline)

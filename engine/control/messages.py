@@ -1,22 +1,23 @@
 """The messaging actions: ``sendSMS`` and ``sendWhatsAppMessage``, and their output shape.
 
-Inputs are checked before any request: ``To``/``From`` must be E.164 numbers (checked with
-``phonenumbers``), a body at most 1600 characters, and a template send needs its ``ContentSid``.
+Inputs are checked before any request, by the component's shared checks
+(:mod:`engine.control.validation`): sendSMS ``To`` an E.164 number or channel address, ``From``
+an E.164 number, alphanumeric sender ID, short code or channel address; WhatsApp addresses
+E.164 (``whatsapp:`` added when missing); a body at most 1600 characters; a template send its
+``ContentSid`` (``HX…``) and ``ContentVariables`` as an object, never with a ``Body``.
 Twilio's snake_case Message resource becomes the component's camelCase output object.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import iso4217
-import phonenumbers
 
-from engine.control.rest import FormValue, TwilioClient
-from engine.errors import InvalidInput
+from engine.control.rest import TwilioClient
+from engine.control.validation import MAX_BODY, e164, sms_params, whatsapp_params
 
 __all__ = [
     "MAX_BODY",
@@ -26,43 +27,14 @@ __all__ = [
     "send_whatsapp",
 ]
 
-MAX_BODY = 1600
-WHATSAPP = "whatsapp:"
-
-
-def e164(value: str, field: str) -> str:
-    """``value`` as a valid E.164 number, or :class:`InvalidInput` naming ``field``."""
-    text = (value or "").strip()
-    if not text.startswith("+"):
-        raise InvalidInput(field, f"{value!r} is not an E.164 number (expected +<country><number>)")
-    try:
-        number = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidInput(field, f"{value!r} is not a phone number: {exc}") from exc
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidInput(field, f"{value!r} is not a valid phone number")
-    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if formatted != text:
-        raise InvalidInput(field, f"{value!r} is not in E.164 form (did you mean {formatted}?)")
-    return formatted
-
-
-def _whatsapp(value: str, field: str) -> str:
-    number = value[len(WHATSAPP) :] if value.startswith(WHATSAPP) else value
-    return WHATSAPP + e164(number, field)
-
-
-def _body(body: str | None) -> str:
-    if not body:
-        raise InvalidInput("Body", "is required")
-    if len(body) > MAX_BODY:
-        raise InvalidInput("Body", f"is {len(body)} characters; Twilio takes at most {MAX_BODY}")
-    return body
-
 
 async def send_sms(client: TwilioClient, *, to: str, from_: str, body: str) -> dict[str, Any]:
-    """Send an SMS; return the message output object."""
-    params = {"To": e164(to, "To"), "From": e164(from_, "From"), "Body": _body(body)}
+    """Send an SMS; return the message output object.
+
+    ``from_`` may be an E.164 number, an alphanumeric sender ID, a short code or a channel
+    address; raises :class:`~engine.errors.InvalidInput` (nothing sent) for bad input.
+    """
+    params = sms_params(to=to, from_=from_, body=body)
     return message_output(await client.request("POST", "Messages.json", params))
 
 
@@ -77,22 +49,19 @@ async def send_whatsapp(
     content_variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Send a WhatsApp message: free text (``body``) or an approved template (``content_sid`` +
-    ``content_variables``, sent as a JSON string); the ``whatsapp:`` prefix is added if missing."""
-    params: dict[str, FormValue] = {"To": _whatsapp(to, "To"), "From": _whatsapp(from_, "From")}
-    if use_template:
-        if not content_sid:
-            raise InvalidInput("ContentSid", "is required when useTemplate is true")
-        if not content_sid.startswith("HX"):
-            raise InvalidInput("ContentSid", f"{content_sid!r} is not a Content SID (HX…)")
-        params["ContentSid"] = content_sid
-        if content_variables:
-            if not isinstance(content_variables, Mapping):
-                raise InvalidInput("ContentVariables", "must be an object")
-            params["ContentVariables"] = json.dumps(
-                {str(k): v for k, v in content_variables.items()}, ensure_ascii=False
-            )
-    else:
-        params["Body"] = _body(body)
+    ``content_variables``, sent as a JSON string); the ``whatsapp:`` prefix is added if missing.
+
+    Fields that do not belong to the chosen kind (variables with free text, a body with a
+    template) are refused, not dropped: :class:`~engine.errors.InvalidInput`, nothing sent.
+    """
+    params = whatsapp_params(
+        to=to,
+        from_=from_,
+        use_template=use_template,
+        body=body,
+        content_sid=content_sid,
+        content_variables=content_variables,
+    )
     return message_output(await client.request("POST", "Messages.json", params))
 
 

@@ -12,14 +12,15 @@ import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 import trio
 
-from engine.errors import ConfigError, TwilioAPIError
+from engine.control.credentials import Credentials
+from engine.control.validation import rest_path
+from engine.errors import TwilioAPIError
 from engine.metrics import REST_ERRORS
 
 __all__ = ["DEFAULT_BASE_URL", "Credentials", "FormValue", "TwilioClient"]
@@ -30,39 +31,6 @@ DEFAULT_BASE_URL = "https://api.twilio.com"
 API_VERSION = "2010-04-01"
 FormValue = str | Sequence[str]
 """A form field's value; a sequence is sent as repeated fields."""
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A Twilio connection: the account, and Auth Token or API key (SID + secret) to sign in."""
-
-    account_sid: str
-    auth_token: str
-    """The Auth Token, or the API key's secret when ``api_key_sid`` is set."""
-    api_key_sid: str | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Credentials:
-        """Read ``TWILIO_ACCOUNT_SID`` and ``TWILIO_AUTH_TOKEN`` (or ``TWILIO_API_KEY`` +
-        ``TWILIO_API_SECRET``)."""
-        env = os.environ if environ is None else environ
-        account_sid = env.get("TWILIO_ACCOUNT_SID", "")
-        if not account_sid:
-            raise ConfigError("TWILIO_ACCOUNT_SID is not set")
-        key, secret = env.get("TWILIO_API_KEY"), env.get("TWILIO_API_SECRET")
-        if key and secret:
-            return cls(account_sid, secret, key)
-        token = env.get("TWILIO_AUTH_TOKEN", "")
-        if not token:
-            raise ConfigError(
-                "TWILIO_AUTH_TOKEN is not set (or TWILIO_API_KEY + TWILIO_API_SECRET)"
-            )
-        return cls(account_sid, token)
-
-    @property
-    def username(self) -> str:
-        """The HTTP Basic username."""
-        return self.api_key_sid or self.account_sid
 
 
 class TwilioClient:
@@ -108,33 +76,53 @@ class TwilioClient:
         await self._http.aclose()
 
     def account_path(self, path: str) -> str:
-        """``Calls.json`` → ``/2010-04-01/Accounts/AC…/Calls.json``; absolute paths stay as is."""
+        """``Calls.json`` → ``/2010-04-01/Accounts/AC…/Calls.json``; absolute paths stay as is.
+
+        Raises :class:`~engine.errors.InvalidInput` for anything but a path on the API's host
+        (a URL, ``//host/…``): the connection's credentials go nowhere else.
+        """
+        path = rest_path(path)
         if path.startswith("/"):
             return path
         return f"/{API_VERSION}/Accounts/{self.credentials.account_sid}/{path}"
 
     async def request(
-        self, method: str, path: str, params: Mapping[str, FormValue] | None = None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, FormValue] | None = None,
+        *,
+        json_body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Send one request (form-encoded for POST, query for GET) and return Twilio's JSON.
 
         ``path`` is relative to the account (``Calls.json``) or absolute (``/2010-04-01/…``).
-        Raises :class:`~engine.errors.TwilioAPIError` on an error response.
+        ``json_body`` sends a JSON object as the body instead (for endpoints that take JSON);
+        ``params`` then go in the query. Raises :class:`~engine.errors.TwilioAPIError` on an
+        error response.
         """
         try:
-            return await self._request(method.upper(), self.account_path(path), params)
+            return await self._request(method.upper(), self.account_path(path), params, json_body)
         except TwilioAPIError as exc:
             REST_ERRORS.labels(str(exc.code), str(exc.status)).inc()
             raise
 
     async def _request(
-        self, method: str, url: str, params: Mapping[str, FormValue] | None
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, FormValue] | None,
+        json_body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         fields = {k: (list(v) if not isinstance(v, str) else v) for k, v in (params or {}).items()}
         attempt = 0
         while True:
             try:
-                if method in ("POST", "PUT", "PATCH"):
+                if json_body is not None:
+                    response = await self._http.request(
+                        method, url, params=fields, json=dict(json_body)
+                    )
+                elif method in ("POST", "PUT", "PATCH"):
                     response = await self._http.request(method, url, data=fields)
                 else:
                     response = await self._http.request(method, url, params=fields)
