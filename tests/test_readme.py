@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import ROOT, SPEC_PATH
-from engine.testing import CalleeBehaviour, open_twilio_emulator
+from conftest import ROOT, SPEC_PATH, sentences, spoken, start_server, stop_server
+from engine.testing import CalleeBehaviour, open_inbound_call, open_twilio_emulator
 
 SECTION = "## Use it from Python"
 CALLEE = "+14155552671"
@@ -70,3 +70,24 @@ async def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     assert len(requests) >= LEAST_REQUESTS[index]
     assert all(request.status < 400 for request in requests), requests
+
+
+def stage_example() -> str:
+    """The module of the README's "Writing a stage" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Writing a stage")
+    (block,) = re.findall(r"^```python\n(# mystage\.py\n.*?)^```$", text[start:], re.S | re.M)[:1]
+    return block
+
+
+async def test_the_writing_a_stage_example_serves_a_call(tmp_path: Path) -> None:
+    (tmp_path / "mystage.py").write_text(stage_example(), encoding="utf-8")
+    server = start_server(tmp_path, "mystage:create", env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    try:
+        async with open_inbound_call(server.url, server.auth_token) as call:
+            await call.say(spoken(sentences()[0]))
+            with trio.fail_after(15):
+                while call.record.heard_ms() < 1000:  # the Parrot says it back
+                    await trio.sleep(0.1)
+    finally:
+        assert stop_server(server) == 0, server.log()
