@@ -20,6 +20,7 @@ from bench.scenarios import (
     barge_in,
     capacity,
     frame_round_trip,
+    generator_limit,
     turn_latency,
 )
 from bench.turn_taking import live, run_replay
@@ -161,6 +162,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
             if steps[-1].p99_ms > 1000 or steps[-1].failed_calls > n // 2:
                 break  # far past the knee: more calls only take longer to say the same
+            if steps[-1].generator_late:
+                break  # the generator fell behind: more calls would measure it, not the server
         # The server's own sampled timings of each step of the media path, over the sweep.
         result["frame_steps"] = summarize(histograms(scrape(server.url)))
         if args.full:
@@ -181,6 +184,7 @@ def run_bench(args: argparse.Namespace) -> int:
         server.stop()
     result["frame_round_trip"] = as_dict(steps)
     result["capacity"] = capacity(steps)
+    result["capacity_generator_limit"] = generator_limit(steps)
     if args.full and args.overload is None:
         overload_ceiling = result["capacity"] or 10
     if overload_ceiling:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Server", "cpu_seconds", "rss_bytes", "start_server", "usable_cpus"]
+__all__ = [
+    "Server",
+    "cpu_seconds",
+    "rss_bytes",
+    "run_generator",
+    "start_server",
+    "usable_cpus",
+]
 
 
 def usable_cpus() -> list[int]:
@@ -99,14 +106,33 @@ def _drain(stream: IO[str]) -> None:
 
 
 def run_generator(
-    server: Server, calls: int, duration: float, *, cpu: int | None, audio: Path
+    server: Server,
+    calls: int,
+    duration: float,
+    *,
+    cpu: int | None,
+    audio: Path,
+    burst: bool = False,
+    webhook_concurrency: int | None = None,
+    processes: int = 1,
+    cpus: Sequence[int] = (),
 ) -> dict[str, object]:
-    """Run ``python -m bench.loadgen`` pinned to ``cpu``; return its JSON result."""
+    """Run ``python -m bench.loadgen`` pinned to ``cpu``; return its JSON result.
+
+    ``burst`` starts every call at once (at most ``webhook_concurrency`` setting up at a time);
+    ``processes`` > 1 splits the calls over that many generator processes pinned to ``cpus``.
+    """
     args = [sys.executable, "-m", "bench.loadgen", "--url", server.url, "--token"]
     args += [server.auth_token, "--calls", str(calls), "--duration", str(duration)]
     args += ["--audio", str(audio)]
+    if burst:
+        args.append("--burst")
+    if webhook_concurrency is not None:
+        args += ["--webhook-concurrency", str(webhook_concurrency)]
+    if processes > 1:
+        args += ["--processes", str(processes), "--cpus", ",".join(map(str, cpus))]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    if cpu is not None:
+    if cpu is not None and processes <= 1:
         os.sched_setaffinity(process.pid, {cpu})
     out, _ = process.communicate(timeout=duration * 3 + 120)
     if process.returncode != 0:

@@ -31,6 +31,8 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
         n = step["calls"]
         for key in ("p50_ms", "p99_ms", "server_cpu_percent", "rss_per_call_kb"):
             out[f"rtt[{n}].{key}"] = step[key]
+        if step.get("server_cpu_us_per_frame") is not None:
+            out[f"rtt[{n}].server_cpu_us_per_frame"] = step["server_cpu_us_per_frame"]
     if result.get("capacity") is not None:
         out["capacity_calls"] = result["capacity"]
     turn = result.get("turn_latency")
@@ -133,25 +135,27 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "## Frame round trip (echo), per 20 ms frame",
         "",
-        "| calls | p50 ms | p95 ms | p99 ms | max ms | lost | late >20 ms | server CPU | "
-        "CPU s / call-min | RSS / call | generator CPU | generator late p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| calls | peak | p50 ms | p95 ms | p99 ms | max ms | lost | late >20 ms | server CPU | "
+        "server µs / frame | CPU s / call-min | RSS / call | generator CPU | "
+        "generator lateness p99 / max | trustworthy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in result["frame_round_trip"]:
-        late = s["generator_lateness_p99_ms"]
-        lines.append(
-            f"| {s['calls']} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | "
-            f"{s['max_ms']:.1f} | {s['lost']} | {s['late']} | {s['server_cpu_percent']:.0f} % | "
-            f"{s['server_cpu_s_per_call_minute']:.2f} | {s['rss_per_call_kb']:.0f} KiB | "
-            f"{s['generator_cpu_percent']:.0f} % | "
-            f"{'–' if late is None else f'{late:.1f} ms'} |"
-        )
+        lines.append(_rtt_row(s))
     capacity = result.get("capacity")
+    limit = result.get("capacity_generator_limit")
     lines += [
         "",
-        f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost): "
-        f"{capacity if capacity is not None else 'none of the swept N'}",
+        f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost, measured by a "
+        f"generator that kept up): {capacity if capacity is not None else 'none of the swept N'}",
     ]
+    if limit is not None:
+        lines += [
+            "",
+            f"⚠ The load generator fell behind at {limit} calls (send lateness or CPU share over "
+            "its limit): that step and any after it measured the generator, not the server, and "
+            "the search stopped there — the server may carry more than the capacity above.",
+        ]
     frame_steps = result.get("frame_steps")
     if frame_steps:
         lines += [
@@ -213,6 +217,31 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lines += _turn_taking_markdown(taking)
     lines += ["", f"Versions: {json.dumps(result['versions'])}", ""]
     path.write_text("\n".join(lines))
+
+
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _rtt_row(s: dict[str, Any]) -> str:
+    """One row of the round-trip table (older results lack the newer columns: –)."""
+    late = s.get("generator_late")
+    trust = (
+        "–"
+        if late is None
+        else "yes"
+        if not late
+        else "⚠ **no**: " + "; ".join(s.get("generator_late_reasons") or ["generator late"])
+    )
+    per_frame = s.get("server_cpu_us_per_frame")
+    return (
+        f"| {s['calls']} | {s.get('peak_calls', '–')} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+        f"{s['p99_ms']:.2f} | {s['max_ms']:.1f} | {s['lost']} | {s['late']} | "
+        f"{s['server_cpu_percent']:.0f} % | {_ms(per_frame, 0)} | "
+        f"{s['server_cpu_s_per_call_minute']:.2f} | {s['rss_per_call_kb']:.0f} KiB | "
+        f"{s['generator_cpu_percent']:.0f} % | {_ms(s['generator_lateness_p99_ms'])} / "
+        f"{_ms(s.get('generator_lateness_max_ms'))} ms | {trust} |"
+    )
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:

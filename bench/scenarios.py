@@ -27,6 +27,7 @@ __all__ = [
     "barge_in",
     "capacity",
     "frame_round_trip",
+    "generator_limit",
     "turn_latency",
 ]
 
@@ -45,6 +46,8 @@ class RttStep:
     late: int
     mismatched: int
     failed_calls: int
+    refused_calls: int
+    """Calls the server refused (admission control): they did not run, so N was not carried."""
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -55,18 +58,34 @@ class RttStep:
     server_cpu_s_per_call_minute: float
     server_rss_mb: float
     rss_per_call_kb: float
+    server_cpu_us_per_frame: float
+    """Server CPU per inbound frame (and its echo), setup and teardown included."""
     generator_cpu_percent: float
+    """The generator's own CPU share of its core while the most calls streamed."""
     generator_lateness_p99_ms: float | None
+    generator_lateness_max_ms: float | None
+    generator_late: bool
+    """The generator fell behind (lateness p99 or CPU share over its limit): this step
+    measured the generator, not the server, and is not trustworthy."""
+    generator_late_reasons: list[str]
+    peak_calls: int
+    """The most calls streaming at once (below ``calls`` when setup outlasts the ramp)."""
 
     @property
     def healthy(self) -> bool:
-        """p99 under 20 ms, every frame back, every call up."""
+        """p99 under 20 ms, every frame back, every call up (none failed or refused)."""
         return (
             self.p99_ms < LATE_MS
             and self.lost == 0
             and self.mismatched == 0
             and self.failed_calls == 0
+            and self.refused_calls == 0
         )
+
+    @property
+    def trustworthy(self) -> bool:
+        """Whether the generator kept up, so the figures are the server's."""
+        return not self.generator_late
 
 
 class _RssSampler:
@@ -105,7 +124,9 @@ def frame_round_trip(
     cpu_before = cpu_seconds(pid)
     started = time.monotonic()
     with _RssSampler(pid) as sampler:
-        result = run_generator(server, calls, duration, cpu=generator_cpu, audio=audio)
+        result: dict[str, Any] = run_generator(
+            server, calls, duration, cpu=generator_cpu, audio=audio
+        )
     wall = time.monotonic() - started
     server_cpu = cpu_seconds(pid) - cpu_before
     if rss_series is not None:
@@ -118,11 +139,12 @@ def frame_round_trip(
     return RttStep(
         calls=calls,
         duration_s=duration,
-        frames_sent=int(result["frames_sent"]),  # type: ignore[call-overload]
-        lost=int(result["lost"]),  # type: ignore[call-overload]
+        frames_sent=int(result["frames_sent"]),
+        lost=int(result["lost"]),
         late=int((rtt > LATE_MS).sum()),
-        mismatched=int(result["mismatched"]),  # type: ignore[call-overload]
-        failed_calls=int(result["failed_calls"]),  # type: ignore[call-overload]
+        mismatched=int(result["mismatched"]),
+        failed_calls=int(result["failed_calls"]),
+        refused_calls=int(result["refused_calls"]),
         p50_ms=float(np.percentile(rtt, 50)),
         p95_ms=float(np.percentile(rtt, 95)),
         p99_ms=float(np.percentile(rtt, 99)),
@@ -132,15 +154,33 @@ def frame_round_trip(
         server_cpu_s_per_call_minute=server_cpu / call_minutes,
         server_rss_mb=rss_peak / 2**20,
         rss_per_call_kb=max(0, rss_peak - rss_before) / calls / 1024,
-        generator_cpu_percent=100 * float(result["cpu_s"]) / wall,  # type: ignore[arg-type]
-        generator_lateness_p99_ms=result["send_lateness_p99_ms"],  # type: ignore[arg-type]
+        server_cpu_us_per_frame=1e6 * server_cpu / max(1, int(result["frames_sent"])),
+        generator_cpu_percent=100 * float(result["steady_cpu_share"] or result["cpu_share"]),
+        generator_lateness_p99_ms=result["send_lateness_p99_ms"],
+        generator_lateness_max_ms=result["send_lateness_max_ms"],
+        generator_late=bool(result["generator_late"]),
+        generator_late_reasons=list(result["generator_late_reasons"]),
+        peak_calls=int(result["peak_streaming"]),
     )
 
 
 def capacity(steps: list[RttStep]) -> int | None:
-    """The largest swept N whose step is healthy (p99 < 20 ms, nothing lost)."""
-    healthy = [step.calls for step in steps if step.healthy]
+    """The largest swept N whose step is healthy (p99 < 20 ms, nothing lost), among the steps
+    before the first one whose generator was late (from there on, the figures are the
+    generator's: see :func:`generator_limit`)."""
+    healthy = []
+    for step in steps:
+        if not step.trustworthy:
+            break
+        if step.healthy:
+            healthy.append(step.calls)
     return max(healthy) if healthy else None
+
+
+def generator_limit(steps: list[RttStep]) -> int | None:
+    """The N of the first step whose generator was late, if any: the capacity search stops
+    there, and the server's capacity may be higher than :func:`capacity` says."""
+    return next((step.calls for step in steps if not step.trustworthy), None)
 
 
 @dataclass

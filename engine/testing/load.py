@@ -1,228 +1,242 @@
-"""A lean emulated Twilio for load: many calls per process, one trio task pair per call.
+"""A lean emulated Twilio for load: hundreds of calls driven from one thread by one epoll loop.
 
 :class:`~engine.testing.stream.EmulatedStream` records everything a test may ask about; this
 records only what a benchmark needs — when each 20 ms frame left and when its echo came back,
-marks, clears and how the socket closed — so that one process can drive hundreds of calls
-without becoming the bottleneck it is measuring. It speaks the same protocol: a signed voice
-webhook, the TwiML's stream URL, a signed handshake, ``connected``/``start``, real-time ``media``
-frames with Twilio's counters, marks echoed on a playback clock, ``clear`` honoured, ``stop``.
+marks, clears, how each call ended — so that one core can drive 400+ calls without becoming the
+bottleneck it measures. Per call it does what Twilio does: the signed voice webhook (at most
+``setup_concurrency`` calls setting up at once), the TwiML's ``<Stream>`` (a ``<Reject>`` is a
+refusal, counted, not an error), a signed WebSocket handshake, ``connected``/``start``
+(``customParameters``), one ``media`` frame every 20 ms on a real-time clock with Twilio's
+counters, marks echoed once the audio before them has played (a playback clock), ``clear``
+honoured, ``stop``. A ``ws://`` URL is dialled directly, with the plan's custom parameters.
+
+No task per call: :func:`run_load` keeps every socket non-blocking in one :mod:`select.epoll`
+and a heap of due frames, on a fixed tick (``LoadPlan.batch``, 1 ms): each tick it reads what
+arrived (arrival times from the kernel's receive timestamps, so napping costs no precision) and
+sends every frame due before the tick after next, all of a socket's bytes in one ``send``. Each
+call's frames keep their own slot in the 20 ms (spread evenly, as independent calls would be).
+Frames are built from templates and masked with the all-zero key; echoes are recognised by
+comparing bytes with the expected frame. The pieces: :mod:`~engine.testing.load_wire` (frames
+and messages), :mod:`~engine.testing.load_http` (webhook, TwiML, handshake),
+:mod:`~engine.testing.load_call` (a call's socket and lifecycle) and
+:mod:`~engine.testing.load_media` (what Twilio does on it).
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import heapq
+import secrets
+import select
+import socket
+import time
 from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from engine.testing.load_call import FRAME_S, Shared
+from engine.testing.load_http import stream_target
+from engine.testing.load_media import Call
+from engine.testing.load_wire import WireError
 
-from engine.control.signature import compute_signature
-from engine.testing import twilio_side
-from engine.testing.caller import ring
-
-__all__ = ["LoadCall", "run_load_call"]
-
-FRAME_S = 0.020
+__all__ = ["FRAME_S", "LoadCall", "LoadPlan", "LoadRun", "run_load"]
 
 
 @dataclass
 class LoadCall:
-    """What one load call measured; times are ``trio.current_time()`` seconds."""
+    """What one load call measured; times are :func:`time.monotonic` seconds."""
 
     call_sid: str = ""
+    outcome: str = "pending"
+    """``admitted`` (streamed, no error), ``refused`` (see :attr:`refusal`) or ``failed``."""
+    refusal: str | None = None
+    """Why the TwiML refused the call: ``reject:busy``, ``reject:rejected``, ``hangup``."""
+    bidirectional: bool = True
+    """``<Connect><Stream>`` (echoes expected) rather than ``<Start><Stream>``."""
     sent: array[float] = field(default_factory=lambda: array("d"))
     """When each media frame left (index = chunk − 1)."""
     lateness: array[float] = field(default_factory=lambda: array("d"))
-    """How late each frame left against its real-time slot."""
+    """How late each frame left against its real-time slot (negative: early, by up to two of
+    the loop's ticks)."""
     echoed: array[float] = field(default_factory=lambda: array("d"))
     """Arrival of each outbound media message, in order."""
     echo_bytes: int = 0
     mismatched: int = 0
     """Echoed frames whose payload differs from the frame sent at that position."""
     marks: int = 0
+    """Marks echoed back to the server."""
     clears: list[float] = field(default_factory=list)
     close_code: int | None = None
     error: str | None = None
-    phase: str = "ringing"
-    """Where the call is: ringing, handshake, streaming, stopping, closed."""
+    phase: str = "waiting"
+    """Where the call got to: waiting, ringing, handshake, streaming, draining, stopping, done."""
 
 
-async def run_load_call(
-    public_url: str,
-    auth_token: str | None,
-    frames: Sequence[bytes],
-    duration: float,
-    record: LoadCall,
-    client: httpx.AsyncClient | None = None,
-) -> None:
-    """Ring ``public_url``, stream ``frames`` (160-byte μ-law, cycled) for ``duration`` seconds,
-    then ``stop``; fill ``record``. Errors are recorded, not raised. Share one ``client``
-    between calls: making an HTTP client takes milliseconds of CPU."""
-    try:
-        # A call stuck anywhere (a peer that stops reading or answering) fails, counted, rather
-        # than hold up the whole run.
-        with trio.fail_after(duration + CALL_SLACK_S):
-            call = await ring(public_url, auth_token, client=client)
-            record.call_sid = call.call_sid
-            record.phase = "handshake"
-            await _stream(
-                call.connect.url,
-                call.connect.parameters,
-                call.call_sid,
-                call.account_sid,
-                auth_token,
-                frames,
-                duration,
-                record,
-            )
-            record.phase = "closed"
-    except trio.TooSlowError:
-        record.error = f"TooSlowError: stuck while {record.phase}"
-    except Exception as exc:  # a benchmark counts failures instead of stopping
-        record.error = f"{type(exc).__name__}: {exc}"
+@dataclass(frozen=True)
+class LoadPlan:
+    """What :func:`run_load` does."""
+
+    url: str
+    """The server's ``http://`` base URL (the webhook is ``url + webhook_path``), or a ``ws://``
+    stream URL to dial directly."""
+    calls: int
+    duration: float
+    """Seconds of 20 ms frames each call streams."""
+    frames: Sequence[bytes]
+    """160-byte μ-law frames, cycled."""
+    auth_token: str | None = None
+    """Signs the webhook and the handshake; ``None`` sends no signatures."""
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """``customParameters`` for a ``ws://`` URL (with a webhook, the TwiML's are sent)."""
+    webhook_path: str = "/twilio/voice"
+    spacing: float = 0.005
+    """Seconds between call starts; 0 starts them all at once (a burst)."""
+    setup_concurrency: int = 64
+    """Calls setting up (webhook and handshake) at once, at most."""
+    setup_timeout: float = 10.0
+    """A webhook answer or handshake later than this fails the call."""
+    drain: float = 0.2
+    """After the last frame, wait this long for echoes before ``stop``."""
+    stop_timeout: float = 2.0
+    """After ``stop``, wait this long for the server's close."""
+    max_pending_bytes: int = 256 * 1024
+    """Unsent bytes a call may hold while the server is not reading; beyond, it fails."""
+    batch: float = 0.001
+    """The loop's tick: it wakes this often, reads what arrived (arrival times from the kernel's
+    receive timestamps) and sends the frames due within two ticks (up to that early).
+    0 wakes for every arrival instead, timing with the clock (dearer in CPU at scale)."""
 
 
-CALL_SLACK_S = 60.0
-"""Time a call may take beyond its duration (ringing, handshake, lateness, closing)."""
-HANDSHAKE_TIMEOUT_S = 10.0
-"""A handshake the server leaves unanswered this long fails the call (it is counted)."""
+@dataclass
+class LoadRun:
+    """The records, plus the generator's own wall and CPU time."""
+
+    calls: list[LoadCall]
+    wall_s: float
+    cpu_s: float
+    steady_cpu_share: float | None
+    """CPU seconds per second while the most calls streamed at once (None if too short)."""
+    peak_streaming: int
 
 
-async def _stream(
-    url: str,
-    parameters: dict[str, str],
-    call_sid: str,
-    account_sid: str,
-    auth_token: str | None,
-    frames: Sequence[bytes],
-    duration: float,
-    record: LoadCall,
-) -> None:
-    parts = urlsplit(url)
-    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
-    ws = WSConnection(ConnectionType.CLIENT)
-    headers = []
-    if auth_token is not None:
-        headers.append((b"X-Twilio-Signature", compute_signature(url, {}, auth_token).encode()))
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    await stream.send_all(ws.send(Request(host=parts.netloc, target=target, extra_headers=headers)))
-    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise ConnectionError("closed during the handshake")
-            ws.receive_data(data)
-            event = next(
-                (e for e in ws.events() if isinstance(e, AcceptConnection | RejectConnection)),
-                None,
-            )
-            if isinstance(event, RejectConnection):
-                raise ConnectionError(f"handshake refused: HTTP {event.status_code}")
-            if event is not None:
-                break
-    stream_sid = "MZ" + call_sid[2:]
-    payloads = [base64.b64encode(f).decode() for f in frames]
-    marks: deque[tuple[float, str]] = deque()  # (due, name)
-    done = trio.Event()
+HOUSEKEEPING_S = 0.05
+"""How often deadlines are checked and the CPU sampled."""
 
-    async def send(text: str) -> None:
-        await stream.send_all(ws.send(Message(data=text)))
 
-    async def receive() -> None:
-        play_end = 0.0
-        buffered = ""
-        index = 0
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
+def run_load(plan: LoadPlan) -> LoadRun:
+    """Run ``plan`` in this thread until every call has ended. A call's failure is recorded in
+    its :class:`LoadCall`, never raised; a bad plan (URL) raises :class:`ValueError`."""
+    return _Loop(plan).run()
+
+
+class _Loop:
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self.direct = plan.url.startswith("ws://")
+        if self.direct:
+            try:
+                stream_target(plan.url)
+            except WireError as exc:
+                raise ValueError(str(exc)) from None
+        elif not plan.url.startswith("http://"):
+            raise ValueError(f"the load generator needs an http:// or ws:// URL, not {plan.url}")
+        self.ep = select.epoll()
+        self.heap: list[tuple[float, int]] = []
+        self.shared = Shared(plan, self.ep, self.heap)
+        self.shared.resolve = self._resolve
+        self.records = [LoadCall() for _ in range(plan.calls)]
+        self.calls = [Call(i, self.records[i], self.shared) for i in range(plan.calls)]
+        self.waiting: deque[int] = deque(range(plan.calls))
+        self.addresses: dict[tuple[str, int], tuple[socket.AddressFamily, tuple[Any, ...]]] = {}
+        self.samples: list[tuple[float, float, int]] = []  # (wall, cpu, calls streaming)
+
+    def run(self) -> LoadRun:
+        clock, cpu, sleep = time.monotonic, time.process_time, time.sleep
+        shared, heap, calls, ep, waiting = self.shared, self.heap, self.calls, self.ep, self.waiting
+        by_fd, limit, spacing = shared.by_fd, self.plan.setup_concurrency, self.plan.spacing
+        period, early = self.plan.batch, shared.early
+        start, cpu_start = clock(), cpu()
+        next_housekeeping = start
+        try:
+            while shared.active or waiting:
+                now = clock()
+                if waiting:
+                    self._start_due(now - start)
+                horizon = now + early
+                while heap and heap[0][0] <= horizon:
+                    calls[heapq.heappop(heap)[1]].tick()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + HOUSEKEEPING_S
+                    self._housekeeping(now)
+                    shared.realtime_offset = time.time() - clock()
+                if period:
+                    # A fixed tick: whatever arrived meanwhile is read at once (the kernel
+                    # stamped its arrival); frames due before the next tick go out in this one.
+                    pause = now + period - clock()
+                    if pause > 0:
+                        sleep(pause)
+                    ready = ep.poll(0)
+                else:
+                    # Woken by each arrival; frames go out up to ``early`` ahead (epoll waits
+                    # whole milliseconds), the other wake-ups are on time.
+                    wake = next_housekeeping
+                    if heap and heap[0][0] - early < wake:
+                        wake = heap[0][0] - early
+                    if waiting and shared.setting_up < limit:
+                        wake = min(wake, start + waiting[0] * spacing)
+                    timeout = wake - clock()
+                    ready = ep.poll(timeout if timeout > 0 else 0)
+                shared.polled_at = clock()
+                for fd, events in ready:
+                    call = by_fd.get(fd)
+                    if call is not None:
+                        call.on_event(events)
+        finally:
+            for call in calls:
+                call.close()
+            ep.close()
+        wall, used = clock() - start, cpu() - cpu_start
+        return LoadRun(self.records, wall, used, self._steady_share(), shared.peak_streaming)
+
+    def _start_due(self, elapsed: float) -> None:
+        plan, shared, waiting = self.plan, self.shared, self.waiting
+        while waiting and shared.setting_up < plan.setup_concurrency:
+            index = waiting[0]
+            if index * plan.spacing > elapsed:
                 return
-            ws.receive_data(data)
-            now = trio.current_time()
-            for event in ws.events():
-                if isinstance(event, CloseConnection):
-                    record.close_code = event.code
-                    done.set()
-                    return
-                if not isinstance(event, TextMessage):
-                    continue
-                buffered += event.data
-                if not event.message_finished:
-                    continue
-                message, buffered = json.loads(buffered), ""
-                kind = message.get("event")
-                if kind == "media":
-                    payload = message["media"]["payload"]
-                    record.echoed.append(now)
-                    if payload != payloads[index % len(payloads)]:
-                        record.mismatched += 1
-                    index += 1
-                    size = len(payload) * 3 // 4 - payload.count("=")
-                    record.echo_bytes += size
-                    play_end = max(now, play_end) + size / 8000
-                elif kind == "mark":
-                    marks.append((max(now, play_end), message["mark"]["name"]))
-                elif kind == "clear":
-                    record.clears.append(now)
-                    play_end = now
-                    for i, (_, name) in enumerate(marks):
-                        marks[i] = (now, name)
+            waiting.popleft()
+            call_sid = "CA" + secrets.token_hex(16)
+            if self.direct:
+                self.calls[index].dial(plan.url, call_sid, dict(plan.parameters))
+            else:
+                self.calls[index].ring(plan.url.rstrip("/") + plan.webhook_path, call_sid)
 
-    sequence = 0
+    def _resolve(self, url: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise WireError(f"no host in {url!r}")
+        key = (parts.hostname, parts.port or 80)
+        address = self.addresses.get(key)
+        if address is None:
+            try:
+                info = socket.getaddrinfo(key[0], key[1], type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise WireError(f"cannot resolve {key[0]}: {exc}") from None
+            address = self.addresses[key] = (info[0][0], info[0][4])
+        return address
 
-    async def numbered(build: object) -> None:
-        nonlocal sequence
-        sequence += 1
-        await send(build(sequence))  # type: ignore[operator]
+    def _housekeeping(self, now: float) -> None:
+        self.samples.append((now, time.process_time(), self.shared.streaming))
+        for call in self.calls:
+            if call.deadline <= now:
+                call.time_out()
 
-    await send(twilio_side.connected_message())
-    await numbered(
-        lambda seq: twilio_side.start_message(seq, stream_sid, account_sid, call_sid, parameters)
-    )
-    record.phase = "streaming"
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(receive)
-        t0 = trio.current_time()
-        total = int(duration / FRAME_S)
-        for k in range(total):
-            due = t0 + k * FRAME_S
-            await trio.sleep_until(due)
-            if done.is_set():
-                break
-            now = trio.current_time()
-            record.lateness.append(now - due)
-            sequence += 1
-            text = twilio_side.inbound_media_message(
-                sequence, stream_sid, k + 1, k * 20, frames[k % len(frames)]
-            )
-            await send(text)
-            record.sent.append(trio.current_time())
-            while marks and marks[0][0] <= now:
-                _, name = marks.popleft()
-                record.marks += 1
-                await numbered(
-                    lambda seq, n=name: twilio_side.mark_echo_message(seq, stream_sid, n)
-                )
-        record.phase = "stopping"
-        if not done.is_set():
-            await trio.sleep(0.2)  # let the last echoes arrive
-            await numbered(
-                lambda seq: twilio_side.stop_message(seq, stream_sid, account_sid, call_sid)
-            )
-            with trio.move_on_after(2):
-                await done.wait()
-        nursery.cancel_scope.cancel()
-    await stream.aclose()
+    def _steady_share(self) -> float | None:
+        peak = self.shared.peak_streaming
+        at_peak = [(t, c) for t, c, n in self.samples if n == peak and peak]
+        if len(at_peak) < 2 or at_peak[-1][0] - at_peak[0][0] < 0.5:
+            return None
+        (t0, c0), (t1, c1) = at_peak[0], at_peak[-1]
+        return (c1 - c0) / (t1 - t0)
