@@ -36,6 +36,7 @@ from engine.media.frames import Audio
 from engine.media.protocol import MAX_MESSAGE_BYTES
 from engine.media.session import CallSession, SessionConfig
 from engine.media.stage import CallContext, Stage
+from engine.transport.poller import Poller
 from engine.transport.websocket import MediaWebSocket
 from engine.transport.wsframe import client_text_frame
 
@@ -207,10 +208,11 @@ async def measure_frame_cost(
     twilio = threading.Thread(
         target=_play_twilio, args=([peer for _, peer in pairs], frames, ready), daemon=True
     )
+    poller = Poller()
     try:
         sessions = [
             CallSession(
-                MediaWebSocket(ours, _accepted(), MAX_MESSAGE_BYTES),
+                MediaWebSocket(ours, _accepted(), MAX_MESSAGE_BYTES, poller),
                 lambda _: _Echo(),
                 authorize=lambda start: {},
                 config=config,
@@ -223,8 +225,11 @@ async def measure_frame_cost(
         started = clock()
         with trio.move_on_after(30):
             async with trio.open_nursery() as nursery:
-                for session in sessions:
-                    nursery.start_soon(session.run)
+                await nursery.start(poller.run)
+                async with trio.open_nursery() as streams:
+                    for session in sessions:
+                        streams.start_soon(session.run)
+                nursery.cancel_scope.cancel()
         spent = clock() - started
         echoed = sum(s.outcome.media_frames for s in sessions if s.outcome is not None)
         await trio.to_thread.run_sync(twilio.join, 2)

@@ -9,10 +9,12 @@ Dispatch with ``match``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from engine.media.codec import ulaw_decode
 
 __all__ = [
     "PCM",
@@ -34,13 +36,31 @@ PCM = npt.NDArray[np.int16]
 """Mono 16-bit samples at 8 kHz unless a name says otherwise."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Audio:
-    """One inbound media frame: ``ulaw`` as Twilio sent it, ``pcm`` decoded, ``timestamp`` in ms."""
+    """One inbound media frame: ``ulaw`` as Twilio sent it, ``pcm`` decoded, ``timestamp`` in ms.
+
+    ``pcm`` may be given as ``None``: it is then decoded from ``ulaw`` on first use, so a stage
+    that never looks at samples (echo, a μ-law speech-to-speech bridge) costs no decode.
+    """
 
     ulaw: bytes
-    pcm: PCM
     timestamp: int
+    _pcm: PCM | None = field(repr=False, compare=False)
+
+    def __init__(self, ulaw: bytes, pcm: PCM | None, timestamp: int) -> None:
+        object.__setattr__(self, "ulaw", ulaw)
+        object.__setattr__(self, "timestamp", timestamp)
+        object.__setattr__(self, "_pcm", pcm)
+
+    @property
+    def pcm(self) -> PCM:
+        """The samples, 8 kHz int16 (decoded on first use when not given)."""
+        pcm = self._pcm
+        if pcm is None:
+            pcm = ulaw_decode(self.ulaw)
+            object.__setattr__(self, "_pcm", pcm)
+        return pcm
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ Three small pieces, each with one job:
   written, whichever task wrote them; a writer that finds another one blocked on the socket
   adds its messages to that writer's batch and waits for it.
 - :class:`Playout` — the playout task (:meth:`Playout.run`: pace queued audio to the lead,
-  marks, barge-in, hang-up after the drain) and its **fast lane**: unpaced audio (echo,
+  marks, barge-in, hang-up after the drain), driven in a call by the caller's own frames
+  (:meth:`Playout.tick`: no timer per call), and its **fast lane**: unpaced audio (echo,
   speech-to-speech) and Twilio's mark echoes that find nothing ahead of them are handled by the
   calling task itself (:meth:`Playout.play_now`, :meth:`Playout.mark_now`), sparing the hop
   into the playout task; the task's timer is moved earlier when the fast lane needs it.
@@ -18,6 +19,7 @@ Three small pieces, each with one job:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -115,7 +117,10 @@ class Playout:
         on_hang_up: Callable[[HangUp], None],
         *,
         pump: Callable[[float], list[str]] | None = None,
+        ticked: bool = False,
     ) -> None:
+        """``ticked``: :meth:`tick` is called on every frame from the caller (every 20 ms for
+        as long as the call lives), so the task sets no timers of its own (see :meth:`tick`)."""
         self.core = core
         self.room = RoomForAudio(core)
         self.barge_in = core.config.barge_in
@@ -126,20 +131,24 @@ class Playout:
         self._to_stage = to_stage
         self._on_hang_up = on_hang_up
         self._pump = pump or core.pump
+        self._ticked = ticked
+        self._due = math.inf  # when pump next has something to send
+        self._hang_up: HangUp | None = None  # a hang-up waiting for the audio to play out
         self._wait: trio.CancelScope | None = None  # the task's current wait, while it waits
 
     async def run(self) -> None:
         """The playout task: runs until the call hangs up or is cancelled."""
         core, inbox = self.core, self._inbox
-        hang_up: HangUp | None = None
         while True:
             now = trio.current_time()
-            if hang_up is not None and not core.is_playing(now):
-                self._on_hang_up(hang_up)
+            if self._hang_up is not None and not core.is_playing(now):
+                self._on_hang_up(self._hang_up)
                 return
-            deadline = core.next_deadline(now)
-            if hang_up is not None:
-                deadline = min(deadline, core.idle_at())
+            deadline = math.inf
+            if not self._ticked:
+                deadline = core.next_deadline(now)
+                if self._hang_up is not None:
+                    deadline = min(deadline, core.idle_at())
             frame: Frame | None = None
             with trio.CancelScope(deadline=deadline) as self._wait:
                 frame = await inbox.receive()
@@ -163,11 +172,26 @@ class Playout:
                     if not frame.drain:
                         self._on_hang_up(frame)
                         return
-                    hang_up = frame
+                    self._hang_up = frame
             await self._send_due(now)
+
+    async def tick(self, now: float) -> None:
+        """A frame from the caller arrived: send what has come due since the last one.
+
+        Twilio sends a frame every 20 ms for as long as a call lives, so the caller's own
+        frames are the call's clock: marks at the end of a reply, the lead topped up, a
+        hang-up once its audio has played — each at most 20 ms late, with no timer per call
+        (a timer costs the event loop far more than this check). A call whose frames stop is
+        ended by its session's watchdog.
+        """
+        if now >= self._due:
+            await self._send_due(now)
+        if self._hang_up is not None and not self.core.is_playing(now):
+            self._on_hang_up(self._hang_up)
 
     async def _send_due(self, now: float) -> None:
         await self._writer.write(self._pump(now))
+        self._due = self.core.next_deadline(now)
         self.room.update()
 
     def _fast(self) -> bool:
@@ -181,12 +205,13 @@ class Playout:
         if not self._fast():
             return False
         now = trio.current_time()
-        await self._writer.write(self.core.play_now(audio, now))
-        wait = self._wait
-        if wait is not None:  # the end-of-reply mark is due sooner than the task planned
-            deadline = self.core.next_deadline(now)
-            if deadline < wait.deadline:
-                wait.deadline = deadline
+        core = self.core
+        await self._writer.write(core.play_now(audio, now))
+        self._due = core.next_deadline(now)
+        if not self._ticked:  # the task keeps the time: the end-of-reply mark comes sooner
+            wait = self._wait
+            if wait is not None and self._due < wait.deadline:
+                wait.deadline = self._due
         return True
 
     def mark_now(self, name: str) -> PlaybackDone | Literal[False] | None:
@@ -198,7 +223,7 @@ class Playout:
         now = trio.current_time()
         done = self.core.on_mark(name, now)
         wait = self._wait
-        if wait is not None and self.core.idle_at() < wait.deadline:
+        if not self._ticked and wait is not None and self.core.idle_at() < wait.deadline:
             wait.deadline = now  # a hang-up waiting for the drain may go now
         return done
 

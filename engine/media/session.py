@@ -283,6 +283,7 @@ class CallSession:
             self._stage_inbox,
             self._on_hang_up,
             pump=probe.step("encode", core.pump),
+            ticked=True,  # the reader ticks it with every frame from the caller
         )
         call = CallContext(
             call_sid=start.call_sid,
@@ -380,6 +381,8 @@ class CallSession:
         if stage.turn_detection:
             detect = probe.turns(probe.step("vad", TurnDetector(self.config.turn).process))
         to_stage = self._stage_inbox
+        assert self._playout is not None
+        tick, current_time = self._playout.tick, trio.current_time
         try:
             while True:
                 try:
@@ -390,15 +393,18 @@ class CallSession:
                 if type(event) is Media:
                     if event.track != "inbound":
                         continue
-                    pcm = decode(event.payload)
+                    # Decoded here only for the turn detector; a stage decodes on first use.
+                    pcm = decode(event.payload) if detect is not None else None
                     if inline is not None:
                         if not self._winding_down:
                             await inline(call, Audio(event.payload, pcm, event.timestamp))
                     elif wants_audio:
                         to_stage.send_nowait(Audio(event.payload, pcm, event.timestamp))
                     if detect is not None:
+                        assert pcm is not None
                         for turn in detect(pcm, event.timestamp):
                             await self._route_turn(turn)
+                    await tick(current_time())  # the caller's frames are the call's clock
                 elif type(event) is Mark:
                     await self._route_mark(event.name)
                 elif type(event) is DtmfEvent:

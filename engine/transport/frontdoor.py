@@ -34,6 +34,7 @@ from engine.errors import ConnectionClosed, EngineError
 from engine.quiet import LogLimiter
 from engine.transport.http import HttpApp, HttpLimits, read_request
 from engine.transport.http1 import Request, simple_response
+from engine.transport.poller import Poller
 from engine.transport.websocket import MediaWebSocket, answer_handshake
 
 __all__ = [
@@ -116,6 +117,7 @@ class FrontDoor:
         self.max_connections = max_connections or default_max_connections()
         self._stats = DoorStatistics()
         self._refusals = LogLimiter(LOG_EVERY_S)
+        self._poller = Poller()
         self._reserve: int | None = None
 
     def statistics(self) -> DoorStatistics:
@@ -134,6 +136,7 @@ class FrontDoor:
         self._reserve = os.open(os.devnull, os.O_RDONLY)
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self._poller.run)
                 for sock in sockets:
                     sock.setblocking(False)
                     nursery.start_soon(self._accept_loop, sock, nursery)
@@ -233,6 +236,7 @@ class FrontDoor:
                         request,
                         reader.buffered(),
                         max_message_bytes=media.max_message_bytes,
+                        poller=self._poller,
                     )
                 except EngineError as exc:  # BadRequest: not a valid handshake after all
                     self._count("bad-request", str(exc))

@@ -39,6 +39,7 @@ from engine.errors import (
     MessageTooBig,
 )
 from engine.transport.http1 import Request as HttpRequest
+from engine.transport.poller import Poller
 from engine.transport.wsframe import FastFrameDecoder, text_frame
 
 __all__ = ["MediaWebSocket", "answer_handshake"]
@@ -62,11 +63,20 @@ class MediaWebSocket:
     """
 
     def __init__(
-        self, sock: socket.socket, ws: WSConnection, max_message_bytes: int, first: bytes = b""
+        self,
+        sock: socket.socket,
+        ws: WSConnection,
+        max_message_bytes: int,
+        poller: Poller,
+        first: bytes = b"",
     ) -> None:
-        """``first``: bytes of the stream already read past the handshake."""
+        """``poller`` watches the socket for data; ``first``: bytes of the stream already
+        read past the handshake."""
         sock.setblocking(False)
         self._sock = sock
+        self._fd = sock.fileno()
+        self._poller = poller
+        poller.watch(self._fd)
         self._ws = ws
         self._max = max_message_bytes
         self._fast = FastFrameDecoder(max_message_bytes)
@@ -76,6 +86,7 @@ class MediaWebSocket:
         self._unsent = bytearray()
         self._flush_lock = trio.Lock()
         self._closed = False
+        self._peer_closed: ConnectionClosed | None = None  # the peer's close, once it came
         self._released = False
         self._first = first
 
@@ -88,7 +99,7 @@ class MediaWebSocket:
         """The next complete message; :class:`ConnectionClosed` once the peer is gone."""
         while not self._ready:
             if self._closed:
-                raise ConnectionClosed(None, "closed")
+                raise self._peer_closed or ConnectionClosed(None, "closed")
             data = self._first or await self._recv()
             self._first = b""
             try:
@@ -98,15 +109,21 @@ class MediaWebSocket:
                     else:
                         self._ws.receive_data(item)
                         await self._handle_events()
+                        if self._peer_closed is not None:
+                            break  # what came before the close is still delivered
             except RemoteProtocolError as exc:
                 await self.close(CLOSE_PROTOCOL_ERROR, "bad WebSocket framing")
                 raise ConnectionClosed(None, f"bad framing: {exc}") from exc
         return self._ready.popleft()
 
     async def _recv(self) -> bytes:
-        sock = self._sock
+        sock, poller, fd = self._sock, self._poller, self._fd
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            try:
+                await poller.wait_readable(fd)
+            except trio.ClosedResourceError as exc:
+                self._closed = True
+                raise ConnectionClosed(None, "closed") from exc
             try:
                 data = sock.recv(RECEIVE_BYTES)
             except BlockingIOError:
@@ -117,6 +134,8 @@ class MediaWebSocket:
             if not data:
                 self._closed = True
                 raise ConnectionClosed(None, "connection lost")
+            if len(data) == RECEIVE_BYTES:
+                poller.mark_ready(fd)  # the kernel may hold more: read it before waiting
             return data
 
     async def _handle_events(self) -> None:
@@ -149,7 +168,9 @@ class MediaWebSocket:
                     with contextlib.suppress(ConnectionClosed):
                         await self._write(self._ws.send(event.response()), closing=True)
                     self._release()
-                raise ConnectionClosed(event.code, event.reason or "")
+                # Raised once the messages that came before the close have been taken.
+                self._peer_closed = ConnectionClosed(event.code, event.reason or "")
+                return
 
     async def _write(self, data: bytes, *, closing: bool = False) -> None:
         """Write ``data`` after everything written before it; no checkpoint if the kernel
@@ -192,6 +213,7 @@ class MediaWebSocket:
     def _release(self) -> None:
         if not self._released:
             self._released = True
+            self._poller.forget(self._fd)
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
@@ -232,6 +254,7 @@ async def answer_handshake(
     first: bytes,
     *,
     max_message_bytes: int,
+    poller: Poller,
 ) -> MediaWebSocket:
     """Accept the opening handshake ``request`` (already read from ``stream``; ``first`` holds
     the bytes that followed it): answer 101 and return the :class:`MediaWebSocket` that now
@@ -249,4 +272,4 @@ async def answer_handshake(
     # The call drives the socket itself from here (see MediaWebSocket).
     sock = socket.socket(fileno=stream.socket.detach())
     await stream.aclose()
-    return MediaWebSocket(sock, ws, max_message_bytes, first)
+    return MediaWebSocket(sock, ws, max_message_bytes, poller, first)
