@@ -12,29 +12,40 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.report_sections import agent, burst, frame_steps, header, pct, rtt_table
 from bench.scenarios import PERCENTILES
 
 __all__ = ["compare", "figures", "write_markdown", "write_plots"]
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
+_pct = pct
 
 
 def figures(result: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a run, by name (used by the Markdown and by ``--compare``)."""
     out: dict[str, float] = {}
-    for step in result["frame_round_trip"]:
+    for step in result.get("frame_round_trip") or []:
         n = step["calls"]
-        for key in ("p50_ms", "p99_ms", "server_cpu_percent", "rss_per_call_kb"):
-            out[f"rtt[{n}].{key}"] = step[key]
-        if step.get("server_cpu_us_per_frame") is not None:
-            out[f"rtt[{n}].server_cpu_us_per_frame"] = step["server_cpu_us_per_frame"]
+        for key in (
+            "p50_ms",
+            "p99_ms",
+            "server_cpu_percent",
+            "rss_per_call_kb",
+            "server_cpu_us_per_frame",
+        ):
+            if step.get(key) is not None:
+                out[f"rtt[{n}].{key}"] = step[key]
     if result.get("capacity") is not None:
         out["capacity_calls"] = result["capacity"]
+    burst = result.get("burst")
+    if burst:
+        for key in ("admitted", "refused", "failed", "p99_ms", "p999_ms", "lost"):
+            out[f"burst.{key}"] = burst[key]
+    for step in (result.get("agent") or {}).get("steps", []):
+        for key in ("turn_sent_ms", "turn_heard_ms", "barge_in_ms"):
+            value = _pct(step[key], 50)
+            if value is not None:
+                out[f"agent[{step['calls']}].{key}.p50"] = value
     turn = result.get("turn_latency")
     if turn:
         for key in ("sent_ms", "heard_ms"):
@@ -125,71 +136,16 @@ def _turn_taking_markdown(taking: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
-    """A human summary of ``result``."""
-    lines = [
-        "# voice-engine benchmark",
-        "",
-        f"{result['config']['when']} · {result['machine']['cpu_model']} · "
-        f"server on CPU {result['config']['server_cpu']}, generator on CPU "
-        f"{result['config']['generator_cpu']} · media path: {result['config']['media_path']}",
-        "",
-        "## Frame round trip (echo), per 20 ms frame",
-        "",
-        "| calls | peak | p50 ms | p95 ms | p99 ms | max ms | lost | late >20 ms | server CPU | "
-        "server µs / frame | CPU s / call-min | RSS / call | generator CPU | "
-        "generator lateness p99 / max | trustworthy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for s in result["frame_round_trip"]:
-        lines.append(_rtt_row(s))
-    capacity = result.get("capacity")
-    limit = result.get("capacity_generator_limit")
-    lines += [
-        "",
-        f"**Capacity** (largest swept N with p99 < 20 ms and no frame lost, measured by a "
-        f"generator that kept up): {capacity if capacity is not None else 'none of the swept N'}",
-    ]
-    if limit is not None:
-        lines += [
-            "",
-            f"⚠ The load generator fell behind at {limit} calls (send lateness or CPU share over "
-            "its limit): that step and any after it measured the generator, not the server, and "
-            "the search stopped there — the server may carry more than the capacity above.",
-        ]
-    frame_steps = result.get("frame_steps")
-    if frame_steps:
-        lines += [
-            "",
-            "## Per-step time inside the engine (server's sampled histograms, over the sweep)",
-            "",
-            "| step | samples | mean µs | p50 µs | p99 µs |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {name} | {h['samples']} | {h['mean_us']:.1f} | {h['p50_us']:.1f} | "
-            f"{h['p99_us']:.1f} |"
-            for name, h in frame_steps.items()
-        ]
-        lines += [
-            "",
-            "decode = parse JSON + base64 + μ-law; vad = turn detector; stage = the stage's own "
-            "handling; encode = playout building the outbound message; socket = writing it; "
-            "round-trip = inbound frame read → its echo written (percentiles interpolated "
-            "within histogram buckets).",
-        ]
-    over = result.get("overload")
-    if over:
-        lines += [
-            "",
-            "## Overload (admission control)",
-            "",
-            f"Ceiling {over['ceiling']} calls, {over['offered']} callers at once: "
-            f"{over['admitted']} admitted (p50 {over['p50_ms']:.2f} ms, p99 {over['p99_ms']:.2f} "
-            f"ms, max {over['max_ms']:.1f} ms, {over['lost']} frames lost), {over['refused']} "
-            f"refused with busy TwiML, {over['failed_calls']} failed. The server's /metrics "
-            f"counted {over['metrics_admitted']:.0f} admitted and {over['metrics_refused']:.0f} "
-            f"refused. Goal met: {'yes' if over['healthy'] else 'no'}.",
-        ]
+    """A human summary of ``result`` (the engine's own bench, or one target's)."""
+    lines = header(result)
+    if result.get("frame_round_trip"):
+        lines += rtt_table(result)
+    lines += frame_steps(result)
+    lines += burst(result)
+    lines += agent(result)
+    errors = result.get("errors") or []
+    if errors:
+        lines += ["", "## Errors (first few)", ""] + [f"- {e}" for e in errors[:10]]
     turn = result.get("turn_latency")
     if turn and turn["sent_ms"]:
         lines += [
@@ -219,35 +175,19 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def _ms(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _rtt_row(s: dict[str, Any]) -> str:
-    """One row of the round-trip table (older results lack the newer columns: –)."""
-    late = s.get("generator_late")
-    trust = (
-        "–"
-        if late is None
-        else "yes"
-        if not late
-        else "⚠ **no**: " + "; ".join(s.get("generator_late_reasons") or ["generator late"])
-    )
-    per_frame = s.get("server_cpu_us_per_frame")
-    return (
-        f"| {s['calls']} | {s.get('peak_calls', '–')} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
-        f"{s['p99_ms']:.2f} | {s['max_ms']:.1f} | {s['lost']} | {s['late']} | "
-        f"{s['server_cpu_percent']:.0f} % | {_ms(per_frame, 0)} | "
-        f"{s['server_cpu_s_per_call_minute']:.2f} | {s['rss_per_call_kb']:.0f} KiB | "
-        f"{s['generator_cpu_percent']:.0f} % | {_ms(s['generator_lateness_p99_ms'])} / "
-        f"{_ms(s.get('generator_lateness_max_ms'))} ms | {trust} |"
-    )
-
-
 def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    """Latency CDF per N; p99 and server CPU against N; RSS over time."""
+    """Latency CDF per N; p99 and server CPU against N; per-step times; RSS over time (each
+    only when the result holds its data)."""
     made: list[Path] = []
-    steps = result["frame_round_trip"]
+    steps = result.get("frame_round_trip") or []
+    if steps:
+        made += _rtt_plots(steps, folder)
+    made += _step_and_rss_plots(result, folder)
+    return made
+
+
+def _rtt_plots(steps: list[dict[str, Any]], folder: Path) -> list[Path]:
+    made: list[Path] = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in steps:
         ax.plot(s["cdf_ms"], PERCENTILES, label=f"{s['calls']} calls")
@@ -268,15 +208,21 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
     ax.set_xlabel("concurrent calls")
     ax.set_ylabel("p99 round trip (ms)")
     ax.set_yscale("log")
-    cpu_ax = ax.twinx()
-    cpu_ax.plot(calls, [s["server_cpu_percent"] for s in steps], "s--", label="server CPU %")
-    cpu_ax.set_ylabel("server CPU (% of one core)")
+    cpu = [s.get("server_cpu_percent") for s in steps]
+    if any(c is not None for c in cpu):
+        cpu_ax = ax.twinx()
+        cpu_ax.plot(calls, [math.nan if c is None else c for c in cpu], "s--", label="server CPU %")
+        cpu_ax.set_ylabel("server CPU (% of one core)")
     ax.set_title("p99 and CPU against load")
     fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88))
     made.append(folder / "p99_cpu.png")
     fig.savefig(made[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return made
 
+
+def _step_and_rss_plots(result: dict[str, Any], folder: Path) -> list[Path]:
+    made: list[Path] = []
     frame_steps = result.get("frame_steps") or {}
     if frame_steps:
         fig, ax = plt.subplots(figsize=(7, 4.5))

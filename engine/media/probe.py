@@ -35,6 +35,13 @@ ROUND_TRIP_HORIZON_S = 1.0
 _MEDIA_PREFIX = '{"event":"media"'
 
 TurnProcess = Callable[[PCM, int], tuple[TurnEvent, ...]]
+
+
+def _is_media(message: str | bytes) -> bool:
+    """Whether an inbound message is a ``media`` one (Twilio writes ``event`` first)."""
+    return isinstance(message, str) and '"media"' in message[:24]
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -108,10 +115,12 @@ class CallProbe:
 
     # -- what the observed socket reports ------------------------------------------------------
 
-    def _received(self) -> None:
+    def _received(self, message: str | bytes) -> None:
         self._tick += 1
         self._sampling = self.timed and not self._tick % SAMPLE_EVERY
-        if self._sampling and self.round_trip:
+        # Only a media frame causes the reply it is timed against: a sampled mark or start
+        # would be paired with the echo of the next frame, up to 20 ms later.
+        if self._sampling and self.round_trip and _is_media(message):
             self._received_at = perf_counter()
 
     def _sent(self, messages: list[str], started: float) -> None:
@@ -142,7 +151,7 @@ class ObservedSocket:
     async def receive(self) -> str | bytes:
         """The next message (the probe notes it)."""
         message = await self._inner.receive()
-        self._probe._received()
+        self._probe._received(message)
         return message
 
     async def send_many(self, messages: list[str]) -> None:

@@ -8,7 +8,8 @@ bottleneck it measures. Per call it does what Twilio does: the signed voice webh
 refusal, counted, not an error), a signed WebSocket handshake, ``connected``/``start``
 (``customParameters``), one ``media`` frame every 20 ms on a real-time clock with Twilio's
 counters, marks echoed once the audio before them has played (a playback clock), ``clear``
-honoured, ``stop``. A ``ws://`` URL is dialled directly, with the plan's custom parameters.
+honoured, ``stop``. A ``ws://`` URL is dialled directly, with the plan's custom parameters;
+``https://`` and ``wss://`` go over TLS (:mod:`~engine.testing.load_tls`).
 
 No task per call: :func:`run_load` keeps every socket non-blocking in one :mod:`select.epoll`
 and a heap of due frames, on a fixed tick (``LoadPlan.batch``, 1 ms): each tick it reads what
@@ -28,6 +29,7 @@ import heapq
 import secrets
 import select
 import socket
+import ssl
 import time
 from array import array
 from collections import deque
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.testing.load_call import FRAME_S, Shared
+from engine.testing.load_call import FRAME_S, TLS_SCHEMES, Shared
 from engine.testing.load_http import stream_target
 from engine.testing.load_media import Call
 from engine.testing.load_wire import WireError
@@ -68,6 +70,17 @@ class LoadCall:
     marks: int = 0
     """Marks echoed back to the server."""
     clears: list[float] = field(default_factory=list)
+    heard: array[float] = field(default_factory=lambda: array("d"))
+    """With :attr:`LoadPlan.record_replies`: when each outbound media message (the
+    :attr:`echoed` arrival of the same index) began to play at the caller's ear — the playback
+    clock's time, later than its arrival while earlier audio still plays."""
+    reply_bytes: array[int] = field(default_factory=lambda: array("i"))
+    """With :attr:`LoadPlan.record_replies`: each outbound media message's audio bytes (at
+    8 kHz μ-law, 8 per ms of playback)."""
+    sound_ms: array[int] = field(default_factory=lambda: array("i"))
+    """With :attr:`LoadPlan.record_replies`: for each outbound media message, where its sound
+    begins — the offset (ms) of its first 20 ms above
+    :data:`~engine.testing.load_media.SOUND_RMS` — or −1 when it is all near-silence."""
     close_code: int | None = None
     error: str | None = None
     phase: str = "waiting"
@@ -79,8 +92,8 @@ class LoadPlan:
     """What :func:`run_load` does."""
 
     url: str
-    """The server's ``http://`` base URL (the webhook is ``url + webhook_path``), or a ``ws://``
-    stream URL to dial directly."""
+    """The server's ``http(s)://`` base URL (the webhook is ``url + webhook_path``), or a
+    ``ws(s)://`` stream URL to dial directly."""
     calls: int
     duration: float
     """Seconds of 20 ms frames each call streams."""
@@ -91,6 +104,7 @@ class LoadPlan:
     parameters: Mapping[str, str] = field(default_factory=dict)
     """``customParameters`` for a ``ws://`` URL (with a webhook, the TwiML's are sent)."""
     webhook_path: str = "/twilio/voice"
+    """Appended to :attr:`url` for the voice webhook; ``""``: :attr:`url` is the webhook."""
     spacing: float = 0.005
     """Seconds between call starts; 0 starts them all at once (a burst)."""
     setup_concurrency: int = 64
@@ -107,6 +121,14 @@ class LoadPlan:
     """The loop's tick: it wakes this often, reads what arrived (arrival times from the kernel's
     receive timestamps) and sends the frames due within two ticks (up to that early).
     0 wakes for every arrival instead, timing with the clock (dearer in CPU at scale)."""
+    ssl_context: ssl.SSLContext | None = None
+    """For ``https://`` and ``wss://``: the client context (``None``: the system's CAs, the
+    certificate and host name checked)."""
+    record_replies: bool = False
+    """Record when each outbound media message began to play, its length and where its sound
+    begins (:attr:`LoadCall.heard`, :attr:`LoadCall.reply_bytes`, :attr:`LoadCall.sound_ms`):
+    for measuring a voice agent's replies.
+    Costs a base64 decode per message (echo byte-matching is then skipped)."""
 
 
 @dataclass
@@ -134,14 +156,20 @@ def run_load(plan: LoadPlan) -> LoadRun:
 class _Loop:
     def __init__(self, plan: LoadPlan) -> None:
         self.plan = plan
-        self.direct = plan.url.startswith("ws://")
+        scheme = urlsplit(plan.url).scheme
+        self.direct = scheme in ("ws", "wss")
         if self.direct:
             try:
                 stream_target(plan.url)
             except WireError as exc:
                 raise ValueError(str(exc)) from None
-        elif not plan.url.startswith("http://"):
-            raise ValueError(f"the load generator needs an http:// or ws:// URL, not {plan.url}")
+        elif scheme not in ("http", "https") or not urlsplit(plan.url).hostname:
+            raise ValueError(
+                f"the load generator needs an http(s):// or ws(s):// URL, not {plan.url!r}"
+            )
+        self.webhook_url = (
+            plan.url.rstrip("/") + plan.webhook_path if plan.webhook_path else plan.url
+        )
         self.ep = select.epoll()
         self.heap: list[tuple[float, int]] = []
         self.shared = Shared(plan, self.ep, self.heap)
@@ -211,13 +239,17 @@ class _Loop:
             if self.direct:
                 self.calls[index].dial(plan.url, call_sid, dict(plan.parameters))
             else:
-                self.calls[index].ring(plan.url.rstrip("/") + plan.webhook_path, call_sid)
+                self.calls[index].ring(self.webhook_url, call_sid)
 
     def _resolve(self, url: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
         parts = urlsplit(url)
         if not parts.hostname:
             raise WireError(f"no host in {url!r}")
-        key = (parts.hostname, parts.port or 80)
+        try:
+            port = parts.port or (443 if parts.scheme in TLS_SCHEMES else 80)
+        except ValueError:
+            raise WireError(f"a bad port in {url!r}") from None
+        key = (parts.hostname, port)
         address = self.addresses.get(key)
         if address is None:
             try:

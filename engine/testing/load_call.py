@@ -4,7 +4,9 @@ A :class:`CallSocket` owns one non-blocking socket at a time — the webhook's, 
 stream's — and moves through :class:`Phase`. It connects, writes (holding what the kernel does
 not take, within a bound), reads (with the kernel's receive timestamp once streaming) and ends
 the call; every failure ends it with its ``error`` recorded, never an exception out of the
-loop. What the bytes mean is :class:`engine.testing.load_media.Call`'s business: it answers
+loop. An ``https://`` or ``wss://`` URL gets TLS between the socket and the protocol
+(:class:`~engine.testing.load_tls.TlsSession`, sans-IO: the loop still reads the socket
+itself). What the bytes mean is :class:`engine.testing.load_media.Call`'s business: it answers
 :meth:`~CallSocket.answered`, :meth:`~CallSocket.shaken` and :meth:`~CallSocket.received`.
 """
 
@@ -15,17 +17,20 @@ import errno
 import os
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
+from engine.testing.load_tls import TlsSession, client_context
 from engine.testing.load_wire import WireError, b64_frames
 
 if TYPE_CHECKING:
     from engine.testing.load import LoadCall, LoadPlan
 
-__all__ = ["EARLY_S", "FRAME_S", "CallSocket", "Phase", "Shared"]
+__all__ = ["EARLY_S", "FRAME_S", "TLS_SCHEMES", "CallSocket", "Phase", "Shared"]
 
 FRAME_S: Final = 0.020
 EARLY_S: Final = 0.001
@@ -36,6 +41,8 @@ SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python d
 _ANCILLARY_BYTES: Final = socket.CMSG_SPACE(16)
 _TIMESPEC: Final = struct.Struct("qq")
 Resolver = Callable[[str], "tuple[socket.AddressFamily, tuple[Any, ...]]"]
+TLS_SCHEMES: Final = frozenset({"https", "wss"})
+"""URL schemes whose connections are made over TLS."""
 
 
 class Phase:
@@ -97,6 +104,13 @@ class Shared:
         self.setting_up = 0
         self.streaming = 0
         self.peak_streaming = 0
+        self._tls_context: ssl.SSLContext | None = plan.ssl_context
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client TLS context: the plan's, or one trusting the system's CAs (made once)."""
+        if self._tls_context is None:
+            self._tls_context = client_context()
+        return self._tls_context
 
 
 def _unresolved(url: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
@@ -116,6 +130,7 @@ class CallSocket:
         "record",
         "shared",
         "sock",
+        "tls",
     )
 
     def __init__(self, index: int, record: LoadCall, shared: Shared) -> None:
@@ -128,6 +143,8 @@ class CallSocket:
         self.deadline = float("inf")
         self.on_connect = b""
         self.pending: bytearray | None = None
+        self.tls: TlsSession | None = None
+        """The connection's TLS, for an ``https://`` or ``wss://`` URL."""
 
     # -- what the bytes mean (load_media.Call) ---------------------------------------------------
 
@@ -146,10 +163,13 @@ class CallSocket:
     # -- connecting ------------------------------------------------------------------------------
 
     def _connect(self, url: str, phase: int, request: bytes) -> None:
+        parts = urlsplit(url)
         try:
             family, address = self.shared.resolve(url)
+            if parts.scheme in TLS_SCHEMES:
+                self.tls = TlsSession(self.shared.tls_context(), parts.hostname or "")
             sock = socket.socket(family, socket.SOCK_STREAM)
-        except (WireError, OSError) as exc:
+        except (WireError, OSError, ValueError) as exc:
             self.fail(str(exc))
             return
         sock.setblocking(False)
@@ -174,7 +194,23 @@ class CallSocket:
             return
         self.phase += 1
         self.shared.ep.modify(self.fd, _IN)
-        self._send(self.on_connect)
+        if self.tls is not None:
+            self._tls_handshake(None)
+        else:
+            self._send(self.on_connect)
+
+    def _tls_handshake(self, raw: bytes | None) -> None:
+        """Advance the TLS handshake; once it is done, send the request it held back."""
+        assert self.tls is not None
+        try:
+            out = self.tls.handshake(raw)
+        except WireError as exc:
+            self.fail(str(exc))
+            return
+        if out:
+            self._send_raw(out)
+        if self.tls.established and self.phase != Phase.DONE:
+            self._send(self.on_connect)
 
     # -- I/O -------------------------------------------------------------------------------------
 
@@ -214,12 +250,46 @@ class CallSocket:
             return
         if phase >= Phase.STREAMING:
             self._arrived(data, self.shared.polled_at)
-        elif phase == Phase.RINGING:
+            return
+        tls = self.tls
+        if tls is None:
+            self._setup_data(phase, data)
+        elif not tls.established:
+            self._tls_handshake(data)
+        else:
+            plaintext, closed = self._decrypt(tls, data)
+            if plaintext:
+                self._setup_data(phase, plaintext)
+            if closed and self.phase == phase:
+                self._setup_data(phase, b"")
+
+    def _setup_data(self, phase: int, data: bytes) -> None:
+        if phase == Phase.RINGING:
             self.answered(data)
         elif phase == Phase.HANDSHAKE:
             self.shaken(data)
 
+    def _decrypt(self, tls: TlsSession, raw: bytes) -> tuple[bytes, bool]:
+        """The plaintext of ``raw`` and whether the connection ended (a failure ends the call:
+        nothing and closed, with the phase already done)."""
+        try:
+            plaintext, out, closed = tls.decrypt(raw)
+        except WireError as exc:
+            self.fail(str(exc))
+            return b"", False
+        if out and not closed:
+            self._send_raw(out)
+        return plaintext, closed
+
     def _arrived(self, data: bytes, t: float) -> None:
+        tls = self.tls
+        if tls is not None:
+            data, closed = self._decrypt(tls, data)
+            if data:
+                self.received(data, t)
+            if not closed or self.phase == Phase.DONE:
+                return
+            data = b""
         if data:
             self.received(data, t)
         elif self.phase == Phase.STOPPING:
@@ -228,6 +298,16 @@ class CallSocket:
             self.fail(f"the server closed the connection while {Phase.NAMES[self.phase]}")
 
     def _send(self, data: bytes) -> None:
+        """Write ``data`` (through TLS when the connection has it)."""
+        if self.tls is not None:
+            try:
+                data = self.tls.encrypt(data)
+            except WireError as exc:
+                self.fail(str(exc))
+                return
+        self._send_raw(data)
+
+    def _send_raw(self, data: bytes) -> None:
         if self.pending is not None:
             self.pending += data
             if len(self.pending) > self.shared.plan.max_pending_bytes:
@@ -308,6 +388,7 @@ class CallSocket:
                 self.shared.ep.unregister(self.fd)
             self.sock.close()
             self.sock, self.fd, self.pending = None, -1, None
+        self.tls = None
 
     def close(self) -> None:
         """Release the socket (the run is over)."""

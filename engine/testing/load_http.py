@@ -206,14 +206,19 @@ class WebhookExchange:
 
 
 def stream_target(url: str) -> tuple[str, int, str]:
-    """``(host, port, request target)`` of a ``ws://`` URL; :class:`WireError` for another."""
+    """``(host, port, request target)`` of a ``ws://`` or ``wss://`` URL; :class:`WireError`
+    for another."""
     parts = urlsplit(url)
-    if parts.scheme != "ws":
-        raise WireError(f"the load generator dials ws:// streams only, not {url!r}")
+    if parts.scheme not in ("ws", "wss"):
+        raise WireError(f"the load generator dials ws:// or wss:// streams only, not {url!r}")
     if not parts.hostname:
         raise WireError(f"a stream URL without a host: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        raise WireError(f"a stream URL with a bad port: {url!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, parts.port or 80, target
+    return parts.hostname, port, target
 
 
 def handshake_request(url: str, auth_token: str | None) -> tuple[bytes, bytes]:

@@ -10,12 +10,15 @@ when the loop finds the call's next frame due; :meth:`Call.received` takes the s
 
 from __future__ import annotations
 
+import binascii
 import heapq
 import math
 import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
+
+import numpy as np
 
 from engine.testing.load_call import FRAME_S, CallSocket, Phase, Shared
 from engine.testing.load_http import (
@@ -43,10 +46,38 @@ from engine.testing.load_wire import (
 if TYPE_CHECKING:
     from engine.testing.load import LoadCall
 
-__all__ = ["Call"]
+__all__ = ["SOUND_RMS", "Call", "sound_offset_ms"]
 
 _clock = time.monotonic
 _GOLDEN: Final = 0.6180339887498949
+SOUND_RMS: Final = 300.0
+"""A 20 ms of received audio whose RMS level exceeds this (about −40 dBFS, the threshold of
+:func:`engine.testing.speech_bounds`) carries sound."""
+
+
+def _ulaw_squares() -> np.ndarray:
+    codes = ~np.arange(256, dtype=np.int64) & 0xFF
+    exponent, mantissa = (codes >> 4) & 7, codes & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return (magnitude * magnitude).astype(np.float64)
+
+
+_SQUARES: Final = _ulaw_squares()
+
+
+def sound_offset_ms(ulaw: bytes) -> int:
+    """Where sound begins in ``ulaw`` (ms, by whole 20 ms frames; a shorter message is one
+    frame), or −1 if no frame's RMS exceeds :data:`SOUND_RMS`."""
+    if not ulaw:
+        return -1
+    squares = _SQUARES[np.frombuffer(ulaw, dtype=np.uint8)]
+    frames = max(1, len(ulaw) // 160)
+    if len(ulaw) < 160:
+        means = squares.mean(keepdims=True)
+    else:
+        means = squares[: frames * 160].reshape(frames, 160).mean(axis=1)
+    loud = np.flatnonzero(means > SOUND_RMS * SOUND_RMS)
+    return int(loud[0]) * 20 if len(loud) else -1
 
 
 class Call(CallSocket):
@@ -176,7 +207,7 @@ class Call(CallSocket):
             "MZ" + call_sid[2:], self.account_sid, call_sid, shared.b64
         )
         self.sid = messages.stream_sid.encode()
-        if shared.b64_length:
+        if shared.b64_length and not shared.plan.record_replies:
             self.echo_prefix = messages.echo_prefix(shared.b64_length)
         self.seq = 1
         now = _clock()
@@ -223,15 +254,20 @@ class Call(CallSocket):
             due = t0 + k * FRAME_S
         self.next_due, self.k, self.seq = due, k, seq
         if data:
-            try:
-                written = self.sock.send(data)  # type: ignore[union-attr]
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                self.fail(f"send: {exc}")
-                return
-            if written < len(data):
-                self._keep(data[written:])
+            if self.tls is not None:
+                self._send(data)
+                if self.phase == Phase.DONE:
+                    return
+            else:
+                try:
+                    written = self.sock.send(data)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    written = 0
+                except OSError as exc:
+                    self.fail(f"send: {exc}")
+                    return
+                if written < len(data):
+                    self._keep(data[written:])
         heapq.heappush(self.shared.heap, (due, self.index))
 
     def _tick(self) -> None:
@@ -329,7 +365,12 @@ class Call(CallSocket):
                         record.mismatched += 1
                     size = payload_size(value)
                     record.echo_bytes += size
-                    self.play_end = (t if t > self.play_end else self.play_end) + size / 8000
+                    starts = t if t > self.play_end else self.play_end
+                    if self.shared.plan.record_replies:
+                        record.heard.append(starts)
+                        record.reply_bytes.append(size)
+                        record.sound_ms.append(sound_offset_ms(binascii.a2b_base64(value)))
+                    self.play_end = starts + size / 8000
                 elif kind == CLEAR:
                     record.clears.append(t)
                     self.play_end = t

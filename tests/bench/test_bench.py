@@ -32,7 +32,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     result = bench(
-        "--calls", "1,3", "--duration", "2", "--no-turns", "--overload", "2", "--out", str(out)
+        "--calls", "1,3", "--duration", "2", "--no-turns", "--burst", "4", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
     return out
@@ -41,11 +41,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_report_folder_holds_json_markdown_and_plots(tiny_run: Path) -> None:
     result = json.loads((tiny_run / "results.json").read_text())
     assert result["config"]["sweep"] == [1, 3]
+    # The default server: no tuning flags, admission on.
+    assert result["config"]["server_args"] == ["--pipeline", "echo"]
     assert set(result["versions"]) >= {"python", "trio", "wsproto"}
     markdown = (tiny_run / "results.md").read_text()
     assert "| 1 |" in markdown and "| 3 |" in markdown and "Capacity" in markdown
-    for name in ("rtt_cdf.png", "p99_cpu.png", "frame_steps.png"):
+    assert "Bound met" in markdown and "## Burst" in markdown
+    for name in ("rtt_cdf.png", "p99_cpu.png"):
         assert (tiny_run / name).read_bytes()[:8] == PNG
+    # The per-step plot exists exactly when some step was sampled.
+    assert (tiny_run / "frame_steps.png").exists() is bool(result["frame_steps"])
 
 
 def test_every_frame_is_accounted_for_and_the_figures_are_sane(tiny_run: Path) -> None:
@@ -58,15 +63,34 @@ def test_every_frame_is_accounted_for_and_the_figures_are_sane(tiny_run: Path) -
         cdf = step["cdf_ms"]
         assert len(cdf) == 201 and cdf == sorted(cdf) and cdf[-1] == pytest.approx(step["max_ms"])
         assert 0 < step["server_cpu_percent"] < 100
+        assert step["server_cpu_us_per_frame"] > 0 and step["server_cpu_s_per_call_minute"] > 0
         assert step["generator_lateness_p99_ms"] is not None
         assert step["late"] <= step["frames_sent"]
+        assert step["p50_ms"] <= step["p90_ms"] <= step["p99_ms"] <= step["p999_ms"]
+        # The default server's ceiling, read from its /metrics after each step.
+        assert step["ceiling"] >= 1 and step["refused_calls"] == 0
     assert result["capacity"] in (None, 1, 3)
-    # The server's own sampled step timings came back from its /metrics.
-    steps = result["frame_steps"]
-    assert {"decode", "stage", "socket", "round-trip"} <= set(steps)
+    bound = result["capacity_bound"]
+    assert bound["kind"] in ("latency", "loss", "failures", "admission", "generator", "sweep")
+    assert (bound["kind"] == "sweep") is (result["capacity"] == 3)
+    # The server's own sampled step timings: what was sampled, and why the rest is absent
+    # (echo decodes no μ-law and has no turn detector).
+    steps, absent = result["frame_steps"], result["frame_steps_missing"]
+    assert set(steps) | set(absent) == {"decode", "vad", "stage", "encode", "socket", "round-trip"}
+    assert not set(steps) & set(absent) and {"decode", "vad"} <= set(absent)
     for step in steps.values():
         assert step["samples"] == sum(step["counts"]) > 0
         assert step["p50_us"] <= step["p99_us"]
+    markdown = (tiny_run / "results.md").read_text()
+    assert "- decode: no μ-law was decoded" in markdown
+
+
+def test_the_burst_admits_refuses_and_counts_on_both_sides(tiny_run: Path) -> None:
+    burst = json.loads((tiny_run / "results.json").read_text())["burst"]
+    assert burst["offered"] == 4 and burst["failed"] == 0 and burst["errors"] == []
+    assert burst["admitted"] + burst["refused"] == 4 and burst["ceiling"] >= 1
+    assert burst["admitted"] == min(4, burst["ceiling"]) == burst["metrics_admitted"]
+    assert burst["frames_sent"] == burst["admitted"] * 100 and burst["lost"] == 0
 
 
 def test_compare_prints_ratios_against_an_earlier_run(tiny_run: Path, tmp_path: Path) -> None:
@@ -87,7 +111,7 @@ def test_compare_prints_ratios_against_an_earlier_run(tiny_run: Path, tmp_path: 
 
 
 def test_turn_latency_and_barge_in_are_measured_on_real_speech(tmp_path: Path) -> None:
-    server = start_server("turn-echo", cpu=None, media_listener=True, log=tmp_path / "log")
+    server = start_server("turn-echo", cpu=None, log=tmp_path / "log")
     try:
         clip = spoken(sentences()[2])
         turns = turn_latency(server, [clip], 500)
@@ -125,9 +149,7 @@ def test_turn_taking_replay_and_live_are_well_formed_and_add_up(tmp_path: Path) 
     assert [n.noise for n in taking.replay_noise] == ["babble", "street", "fan"]
     assert all(n.seconds == 6.0 and n.false_barge_ins is None for n in taking.replay_noise)
 
-    server = start_server(
-        "bench.probe:create", cpu=None, media_listener=True, log=tmp_path / "log", hangover_ms=800
-    )
+    server = start_server("bench.probe:create", cpu=None, log=tmp_path / "log", hangover_ms=800)
     try:
         live(
             server,
@@ -158,7 +180,7 @@ def test_turn_taking_replay_and_live_are_well_formed_and_add_up(tmp_path: Path) 
     assert named["turn_taking.live.premature_share[800]"] == 0.0
     assert "turn_taking.onset_to_clear.p50" in named
     result |= {
-        "config": {"when": "now", "server_cpu": 0, "generator_cpu": 1, "media_path": "listener"},
+        "config": {"when": "now", "server_cpu": 0, "generator_cpu": 1},
         "machine": {"cpu_model": "test"},
         "versions": {},
         "frame_round_trip": [],

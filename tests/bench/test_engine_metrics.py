@@ -7,7 +7,15 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench.engine_metrics import counters, histograms, summarize
+from bench.engine_metrics import (
+    counters,
+    histograms,
+    labelled,
+    missing,
+    read_server,
+    server_view,
+    summarize,
+)
 
 
 def exposition(observations: dict[str, list[float]]) -> str:
@@ -54,3 +62,34 @@ def test_an_empty_histogram_has_no_percentile_and_is_left_out() -> None:
 def test_counters_sum_over_labels() -> None:
     text = exposition({"decode": [1e-6, 2e-6], "vad": [3e-6]})
     assert counters(text)["voice_engine_frame_step_seconds_count"] == 3
+
+
+def test_a_servers_admission_is_read_from_its_metrics() -> None:
+    from prometheus_client import Counter, Gauge
+
+    registry = CollectorRegistry()
+    Gauge("voice_engine_call_ceiling", "c", registry=registry).set(143)
+    Counter("voice_engine_calls_admitted", "a", registry=registry).inc(5)
+    refused = Counter("voice_engine_calls_refused", "r", ["reason"], registry=registry)
+    refused.labels("call-ceiling").inc(7)
+    refused.labels("draining").inc(1)
+    view = server_view(generate_latest(registry).decode())
+    assert view is not None
+    assert (view.ceiling, view.admitted) == (143, 5)
+    assert view.refused == {"call-ceiling": 7, "draining": 1}
+    assert labelled(view.text, "voice_engine_calls_refused_total", "reason") == view.refused
+
+
+def test_what_is_not_a_voice_engine_servers_metrics_is_no_view() -> None:
+    assert server_view(exposition({"decode": [1e-6]})) is None  # no admission counters
+    assert server_view("<html>not metrics</html>") is None
+    assert read_server(None) is None
+    assert read_server("http://127.0.0.1:9") is None  # nobody there
+
+
+def test_absent_steps_are_named_with_the_likely_reason() -> None:
+    found = summarize(histograms(exposition({"stage": [3e-5], "decode": []})))
+    absent = missing(found)
+    assert list(found) == ["stage"]
+    assert list(absent) == ["decode", "vad", "encode", "socket", "round-trip"]
+    assert "echo" in absent["decode"] and all(absent.values())

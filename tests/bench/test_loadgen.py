@@ -44,6 +44,10 @@ CONTRACT = {
     "generator_late",
     "generator_late_reasons",
     "involuntary_switches",
+    "rtt_steady_frames",
+    "rtt_steady_p50_ms",
+    "rtt_steady_p99_ms",
+    "rtt_steady_p999_ms",
 }
 
 
@@ -56,7 +60,7 @@ def audio(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def echo(tmp_path: Path) -> Iterator[Server]:
-    server = start_server("echo", cpu=None, media_listener=False, log=tmp_path / "echo.log")
+    server = start_server("echo", cpu=None, log=tmp_path / "echo.log")
     yield server
     assert server.stop() == 0
 
@@ -73,6 +77,25 @@ def test_the_json_contract_and_every_frame_echoed(echo: Server, audio: Path) -> 
     assert result["cpu_share"] == pytest.approx(result["cpu_s"] / result["wall_s"])  # type: ignore[operator]
     assert result["generator_late"] is bool(result["generator_late_reasons"])
     assert result["processes"] == 1 and result["peak_streaming"] == 2
+    # Steady: the frames sent while both calls streamed (all but the first's head start).
+    assert 90 <= result["rtt_steady_frames"] <= 100
+    assert min(rtt) <= result["rtt_steady_p50_ms"] <= result["rtt_steady_p99_ms"] <= max(rtt)
+
+
+def test_with_record_replies_each_calls_timeline_comes_back(echo: Server, audio: Path) -> None:
+    result = run_generator(echo, 2, 1.0, cpu=None, audio=audio, record_replies=True)
+    records = result["call_records"]
+    assert len(records) == 2
+    for record in records:
+        assert record["outcome"] == "admitted" and record["error"] is None
+        sent, reply, heard = record["sent_ms"], record["reply_ms"], record["heard_ms"]
+        assert len(sent) == len(reply) == len(heard) == len(record["sound_ms"]) == 50
+        assert record["reply_bytes"] == [160] * 50 and record["sound_ms"] == [0] * 50
+        assert abs(sent[0]) < 20  # from the slot of its first frame
+        assert all(s < r <= h for s, r, h in zip(sent, reply, heard, strict=True))
+        assert record["clears_ms"] == [] and record["marks_echoed"] > 0
+    # Without the flag, the contract is as before.
+    assert "call_records" not in run_generator(echo, 1, 0.2, cpu=None, audio=audio)
 
 
 def test_calls_split_over_processes_are_merged(echo: Server, audio: Path) -> None:
@@ -87,9 +110,7 @@ def test_calls_split_over_processes_are_merged(echo: Server, audio: Path) -> Non
 def test_a_burst_over_the_ceiling_is_admitted_and_refused_per_call(
     tmp_path: Path, audio: Path
 ) -> None:
-    server = start_server(
-        "echo", cpu=None, media_listener=False, log=tmp_path / "s.log", extra=["--max-calls", "2"]
-    )
+    server = start_server("echo", cpu=None, log=tmp_path / "s.log", extra=["--max-calls", "2"])
     try:
         result = run_generator(
             server, 5, 1.0, cpu=None, audio=audio, burst=True, webhook_concurrency=1
@@ -226,7 +247,7 @@ def test_the_capacity_search_stops_at_a_late_generator(tmp_path: Path) -> None:
     assert capacity(steps[:3]) == 300 and generator_limit(steps[:3]) is None
     assert capacity([steps[3]]) is None
     result = {
-        "config": {"when": "now", "server_cpu": 0, "generator_cpu": 1, "media_path": "listener"},
+        "config": {"when": "now", "server_cpu": 0, "generator_cpu": 1},
         "machine": {"cpu_model": "test"},
         "versions": {},
         "frame_round_trip": as_dict(steps[:4]),

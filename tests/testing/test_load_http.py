@@ -223,13 +223,16 @@ def test_a_refused_or_garbled_handshake_is_a_wire_error() -> None:
     [
         ("ws://h:81/a/b?q=1", ("h", 81, "/a/b?q=1")),
         ("ws://h", ("h", 80, "/")),
-        ("wss://h/x", None),
+        ("wss://h/x", ("h", 443, "/x")),
+        ("wss://h:8443", ("h", 8443, "/")),
         ("http://h/x", None),
+        ("ws:///x", None),
+        ("ws://h:port/x", None),
     ],
 )
 def test_stream_targets(url: str, expected: tuple[str, int, str] | None) -> None:
     if expected is None:
-        with pytest.raises(WireError, match="ws://"):
+        with pytest.raises(WireError, match=r"ws://|host|port"):
             stream_target(url)
     else:
         assert stream_target(url) == expected
