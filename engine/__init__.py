@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         ProtocolError,
         TwilioAPIError,
     )
+    from engine.media.call import SessionConfig
     from engine.media.frames import (
         PCM,
         Audio,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
         Utterance,
     )
     from engine.media.playout import PlayoutConfig
-    from engine.media.session import SessionConfig
     from engine.media.stage import CallContext, Stage, StageFactory
     from engine.media.vad import TurnConfig
     from engine.server import ServerConfig, Triggers, VoiceServer, serve
@@ -80,7 +80,7 @@ _HOMES = {
     "SpeechStarted": "engine.media.frames",
     "Utterance": "engine.media.frames",
     "PlayoutConfig": "engine.media.playout",
-    "SessionConfig": "engine.media.session",
+    "SessionConfig": "engine.media.call",
     "CallContext": "engine.media.stage",
     "Stage": "engine.media.stage",
     "StageFactory": "engine.media.stage",

@@ -41,7 +41,10 @@ __all__ = [
     "REST_ERRORS",
     "SEQUENCE_ANOMALIES",
     "STAGE_ERRORS",
+    "TURN_ANALYSIS",
+    "TURN_DECISIONS",
     "TURN_LATENCY",
+    "TURN_QUESTIONS",
     "CallCounts",
     "CallMeter",
     "mark_process_dead",
@@ -58,6 +61,7 @@ _ROUND_TRIP_BUCKETS = tuple(
 )
 _STEP_BUCKETS = tuple(x * 1e-6 for x in (2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
 _TURN_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+_ANALYSIS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 
 CALLS_ACTIVE = Gauge(
     "voice_engine_calls_active", "Calls with an open media stream.", multiprocess_mode="livesum"
@@ -99,6 +103,24 @@ TURN_LATENCY = Histogram(
     "voice_engine_turn_latency_seconds",
     "End of the caller's speech to the first reply audio sent.",
     buckets=_TURN_BUCKETS,
+)
+TURN_DECISIONS = Counter(
+    "voice_engine_turn_decisions",
+    "Ends of the caller's turn decided with an end-of-turn analyzer, by what decided them: model, "
+    "max_silence, fallback (the analyzer failed, stalled or was saturated: the VAD rule), "
+    "max_turn.",
+    ["outcome"],
+)
+TURN_QUESTIONS = Counter(
+    "voice_engine_turn_questions",
+    "Questions to the end-of-turn analyzer, by outcome: answered, saturated (refused at once), "
+    "failed, timed_out.",
+    ["outcome"],
+)
+TURN_ANALYSIS = Histogram(
+    "voice_engine_turn_analysis_seconds",
+    "From an end-of-turn question to its answer (answered questions).",
+    buckets=_ANALYSIS_BUCKETS,
 )
 SEQUENCE_ANOMALIES = Counter(
     "voice_engine_sequence_anomalies",

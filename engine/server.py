@@ -246,6 +246,8 @@ class VoiceServer:
             door = self.door = FrontDoor(
                 media, http, limits=config.http, max_connections=config.max_connections
             )
+            eager = config.session.turn_taking == "smart-turn"  # else loaded when a call asks
+            await nursery.start(partial(switchboard.smart_turn.run, eager=eager))
             nursery.start_soon(switchboard.monitor)
             door_scope = trio.CancelScope()
 

@@ -9,6 +9,8 @@
   server serves, never a module named by a URL.
 - **Registry**: the running :class:`~engine.media.session.CallSession` s, their counters folded
   into the metrics once a second, and the event loop's lag measured for admission.
+- **End of turn**: the process's one Smart Turn model (:attr:`Switchboard.smart_turn`), loaded
+  at start when the server ends turns with it, else when a call first asks for it.
 - **Draining**: :meth:`drain` refuses new calls, lets calls in flight run on, winds down the
   rest with a spoken notice, then ends what is left.
 """
@@ -33,6 +35,7 @@ from engine.loader import load_stage_factory
 from engine.media.protocol import Start
 from engine.media.session import CallSession, MediaSocket, SessionConfig
 from engine.media.stage import Stage, StageFactory
+from engine.media.turn.live import SharedSmartTurn
 from engine.quiet import LogLimiter
 from engine.transport.http1 import Request
 
@@ -79,6 +82,11 @@ class Switchboard:
         """The measured cost of a call and the ceiling it implies (``max_calls="auto"``)."""
         self.media_url = ""
         """The ``ws(s)://…/twilio/media`` URL Twilio dials (handshakes are signed for it)."""
+        self.smart_turn = SharedSmartTurn(
+            threads=config.session.turn_threads, max_wait_s=config.session.turn_timeout
+        )
+        """Smart Turn for the calls that use it; run ``smart_turn.run`` in the server's nursery
+        (``eager`` when the server ends turns with it)."""
 
     # -- the webhook's side -------------------------------------------------------------------
 
@@ -120,6 +128,7 @@ class Switchboard:
             self._select_stage,
             authorize=lambda start: self._authorize(session, start),
             config=self.config.session,
+            smart_turn=self.smart_turn.analyzer,
         )
         self.sessions.add(session)
         if len(self.sessions) == 1:
@@ -191,7 +200,7 @@ class Switchboard:
             )
         self._measured.set()
         period, lag, tick = 0.1, 0.0, 0
-        cpu, frames = time.process_time(), 0
+        cpu, frames, calls_seen = time.process_time(), 0, 0
         while True:
             before = trio.current_time()
             await trio.sleep(period)
@@ -205,10 +214,14 @@ class Switchboard:
                     meter.fold(session.counts())
                 total = metrics.CallMeter.total_frames_in()
                 now_cpu = time.process_time()
-                if self.capacity is not None:
+                stats = self.admission.statistics()
+                seen = stats.admitted + stats.refused
+                # Only a second in which no call was set up tells what frames cost: webhooks
+                # and handshakes are not frames.
+                if self.capacity is not None and seen == calls_seen:
                     self.capacity.update(now_cpu - cpu, total - frames)
                     self.admission.set_ceiling(self.capacity.ceiling)
-                cpu, frames = now_cpu, total
+                cpu, frames, calls_seen = now_cpu, total, seen
                 ceiling = self.admission.ceiling
                 if ceiling is not None:
                     metrics.CALL_CEILING.set(ceiling)

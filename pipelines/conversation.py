@@ -204,6 +204,9 @@ class ConversationAgent(Stage, ABC):
             items = await self._listener.next_work()
             started = trio.current_time()
             finals = await in_worker_thread(self._listener.recognize, items, call.call_sid)
+            # The words so far tell the end-of-turn analyzer (if the call has one) whether a
+            # pause ends a sentence: "… and" does not.
+            call.note_transcript(self._listener.partial)
             for heard, ended_at in finals:
                 self._log.debug("call %s: heard %s", call.call_sid, quote(heard))
                 self._log.debug(

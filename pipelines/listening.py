@@ -68,6 +68,8 @@ class Listener:
         self._begin_next = False
         self.recognizer: SpeechRecognizer | None = None
         """The call's recognizer, once made; :meth:`aclose` closes it."""
+        self.partial: str | None = None
+        """The latest partial transcript of the turn in progress (``None`` between turns)."""
         self._work: deque[Work] = deque()
         self._queued = trio.Event()
 
@@ -130,7 +132,8 @@ class Listener:
 
     def recognize(self, items: list[Work], call_sid: str = "") -> list[tuple[str, float]]:
         """Run queued recognition work in order (in a worker thread); return the final
-        transcripts with the time their turn ended. Partials are logged at debug level."""
+        transcripts with the time their turn ended. The turn in progress's latest partial
+        transcript is kept in :attr:`partial` (and logged at debug level)."""
         if self.recognizer is None:
             self.recognizer = self._make_recognizer()
         recognizer = self.recognizer
@@ -142,6 +145,7 @@ class Listener:
                 partial = recognizer.feed(np.concatenate(pending))
                 pending.clear()
                 if partial is not None:
+                    self.partial = partial
                     log.debug("call %s: partial %r", call_sid, partial)
 
         for item in items:
@@ -149,9 +153,11 @@ class Listener:
                 if item.begin:
                     flush()
                     recognizer.begin()
+                    self.partial = None
                 pending.append(item.pcm)
             else:
                 flush()
                 finals.append((recognizer.finish(), item.at))
+                self.partial = None
         flush()
         return finals

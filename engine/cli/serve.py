@@ -17,7 +17,7 @@ import trio
 from engine.admission import AdmissionConfig
 from engine.errors import ConfigError
 from engine.loader import BUNDLED, load_stage_factory
-from engine.media.session import SessionConfig
+from engine.media.session import TURN_TAKING, SessionConfig
 from engine.media.vad import TurnConfig
 from engine.server import ServerConfig, TriggerHandler, Triggers, VoiceServer
 
@@ -60,10 +60,25 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="run without TWILIO_AUTH_TOKEN: no webhook signature checks (local use only)",
     )
     serve.add_argument(
+        "--turn",
+        choices=TURN_TAKING,
+        default=SessionConfig().turn_taking,
+        help="how the caller's turn ends: vad, after --hangover-ms of silence; smart-turn, when "
+        "the Smart Turn v3 model (asked at each pause, on worker threads) says the caller has "
+        "finished, or by the VAD rule when it is saturated (default %(default)s; see README)",
+    )
+    serve.add_argument(
+        "--turn-threads",
+        type=int,
+        metavar="N",
+        help="worker threads for Smart Turn, per worker process (default: the cores but one; "
+        "they run at a lower CPU priority than the media loop)",
+    )
+    serve.add_argument(
         "--hangover-ms",
         type=int,
         default=TurnConfig().hangover_ms,
-        help="silence that ends the caller's turn, in ms (default %(default)s)",
+        help="silence that ends the caller's turn, in ms: the VAD rule (default %(default)s)",
     )
     serve.add_argument(
         "--max-calls",
@@ -130,7 +145,11 @@ def run_serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             max_calls=args.max_calls,
             max_loop_lag=args.max_loop_lag / 1000 if args.max_loop_lag else None,
         ),
-        session=SessionConfig(turn=_turn_config(args.hangover_ms)),
+        session=SessionConfig(
+            turn=_turn_config(args.hangover_ms),
+            turn_taking=args.turn,
+            turn_threads=args.turn_threads,
+        ),
         drain_timeout=args.drain_timeout,
         shutdown_notice=args.shutdown_notice or None,
         triggers=Triggers(

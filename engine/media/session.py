@@ -2,6 +2,7 @@
 
     socket ─▶ reader: parse → decode → route ─▶ stage ─▶ playout ─▶ socket
                       (inline: the stage's per-frame handler, the turn detector)
+                                                   └╌╌▶ end-of-turn analyzer (own tasks)
 
 The reader, the stage and playout are the nursery's tasks, joined by bounded
 :class:`~engine.media.channels.FrameChannel` s; a watchdog keeps an eye on the stage and the
@@ -9,6 +10,12 @@ peer. Per-frame synchronous work (parsing, μ-law decode, VAD) runs inline in th
 channel hop is paid only where a task may block (the stage) or must keep its own time
 (playout, :mod:`engine.media.outbound`). What is measured of a call is measured from outside
 the loop (:mod:`engine.media.probe`).
+
+The turn detector is the plain VAD, or — with ``turn_taking="smart-turn"`` or a stage's own
+analyzer — the end-of-turn policy (:mod:`engine.media.turn.live`): the same events, but the
+turn ends when the analyzer says so. Its questions run as tasks of the call's nursery and the
+model in the process's worker threads (:class:`~engine.media.turn.live.SharedSmartTurn`);
+the reader only feeds the policy and picks up answers that have arrived.
 
 Whatever ends the call — Twilio's ``stop``, the peer closing, vanishing or going silent, a
 protocol error, a failing or hung stage, a hang-up, or cancellation from outside (server
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import count
 
 import trio
@@ -35,6 +42,7 @@ from engine.errors import (
     ProtocolError,
     UnknownEventError,
 )
+from engine.media.call import TURN_TAKING, Authorizer, CallEnd, CallOutcome, SessionConfig
 from engine.media.channels import FrameChannel
 from engine.media.codec import ulaw_decode
 from engine.media.frames import (
@@ -48,87 +56,30 @@ from engine.media.frames import (
     SpeechStarted,
 )
 from engine.media.outbound import OrderedWriter, Playout
-from engine.media.playout import PlayoutConfig, PlayoutCore, PlayoutStatistics
+from engine.media.playout import PlayoutCore
 from engine.media.probe import CallProbe
 from engine.media.protocol import Connected, Mark, Media, MediaStreamParser, Start, Stop
 from engine.media.protocol import Dtmf as DtmfEvent
 from engine.media.socket import MediaSocket
 from engine.media.stage import CallContext, Stage
-from engine.media.vad import TurnConfig, TurnDetector, TurnEvent
+from engine.media.turn.analyzer import TurnAnalyzer, TurnTaker
+from engine.media.turn.live import TurnStep, turn_step
+from engine.media.vad import TurnEvent
 from engine.metrics import CallCounts
 
-__all__ = ["Authorizer", "CallEnd", "CallOutcome", "CallSession", "MediaSocket", "SessionConfig"]
+__all__ = [
+    "TURN_TAKING",
+    "Authorizer",
+    "CallEnd",
+    "CallOutcome",
+    "CallSession",
+    "MediaSocket",
+    "SessionConfig",
+]
 
 log = logging.getLogger(__name__)
 
 _calls = count()  # which calls are probed (SessionConfig.probe_every)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """Tuning of a call session."""
-
-    turn: TurnConfig = field(default_factory=TurnConfig)
-    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
-    start_timeout: float = 10.0
-    """Seconds allowed for ``connected`` + ``start`` before the socket is closed."""
-    close_timeout: float = 1.0
-    """Seconds allowed for the closing handshake."""
-    stage_inbox_size: int = 50
-    """Frames queued for the stage (1 s of audio); live audio beyond it drops oldest."""
-    stage_stall_timeout: float = 10.0
-    """A stage that takes nothing from a non-empty inbox for this long is hung: the call ends
-    (close 1011) rather than sitting there forever."""
-    silence_timeout: float = 5.0
-    """Twilio sends a message every 20 ms; a stream that sends nothing for this long is dead
-    (a partition, a stuck proxy) and is ended, freeing its call slot."""
-    playout_inbox_size: int = 64
-    probe_every: int = 16
-    """One call in this many has its per-frame steps timed for the metrics (the first call
-    always); 0 times none."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallEnd:
-    """Why a call ended, and how its socket was closed."""
-
-    reason: str
-    """``stop``, ``hang-up``, ``peer-closed``, ``peer-silent``, ``protocol-error``,
-    ``stage-error``, ``stage-stalled``, ``stage-finished``, ``rejected``, ``start-timeout``
-    or ``shutdown``."""
-    close_code: int | None = CLOSE_NORMAL
-    """The close code sent (``None``: the peer was gone, nothing was sent)."""
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CallOutcome:
-    """How a call ended and what it carried."""
-
-    call_sid: str | None
-    stream_sid: str | None
-    end: CallEnd
-    media_frames: int
-    dropped_frames: int
-    sequence_anomalies: int
-    """Sequence numbers skipped, repeated or out of order (counted; the call went on)."""
-    unknown_events: int
-    playout: PlayoutStatistics | None
-
-    @property
-    def reason(self) -> str:
-        """Why the call ended (``end.reason``)."""
-        return self.end.reason
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code sent (``end.close_code``)."""
-        return self.end.close_code
-
-
-Authorizer = Callable[[Start], Mapping[str, str]]
-"""Checks a stream's ``start`` (its token); returns the verified custom parameters or raises
-an :class:`~engine.errors.EngineError` whose ``close_code`` ends the stream."""
 
 
 class CallSession:
@@ -146,13 +97,18 @@ class CallSession:
         authorize: Authorizer,
         config: SessionConfig | None = None,
         logger: logging.Logger = log,
+        smart_turn: Callable[[], TurnAnalyzer] | None = None,
     ) -> None:
-        """``logger`` takes what the call has to say (one line at INFO when it ends)."""
+        """``logger`` takes what the call has to say (one line at INFO when it ends);
+        ``smart_turn`` gives the process's shared Smart Turn analyzer to calls that use it
+        (without it, such calls end turns by the VAD)."""
         self.config = config = config or SessionConfig()
         self._log = logger
         self._socket = socket
         self._select_stage = select_stage
         self._authorize = authorize
+        self._smart_turn = smart_turn
+        self._turn_taker: TurnTaker | None = None
         every = config.probe_every
         self._timed = every > 0 and next(_calls) % every == 0
         self._parser = MediaStreamParser()
@@ -260,6 +216,7 @@ class CallSession:
         assert start is not None
         try:
             stage = self._select_stage(parameters)
+            analyzer = self._turn_analyzer(stage)
         except Exception as exc:
             self._log.exception("could not make the stage of call %s", start.call_sid)
             self.end("stage-error", CLOSE_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
@@ -294,13 +251,39 @@ class CallSession:
             playout=self._playout_inbox,
             play_now=playout.play_now,
             reserve=playout.room.reserve,
+            note_transcript=self._note_transcript,
         )
         self._log.debug("call %s stream %s started", start.call_sid, start.stream_sid)
         async with trio.open_nursery() as nursery:
+            turns = None
+            if stage.turn_detection:
+                turns, self._turn_taker = turn_step(
+                    nursery,
+                    analyzer,
+                    self.config.turn,
+                    self.config.end_of_turn,
+                    timeout_s=self.config.turn_timeout,
+                )
             nursery.start_soon(self._watchdog)
-            nursery.start_soon(self._read, socket, stage, call, probe)
+            nursery.start_soon(self._read, socket, stage, call, probe, turns)
             nursery.start_soon(self._run_stage, stage, call)
             nursery.start_soon(playout.run)
+
+    def _turn_analyzer(self, stage: Stage) -> TurnAnalyzer | None:
+        """The call's end-of-turn analyzer: the stage's own, the shared Smart Turn, or none."""
+        own = stage.turn_analyzer()
+        if own is not None or not stage.turn_detection:
+            return own
+        if (stage.turn_taking or self.config.turn_taking) == "vad":
+            return None
+        if self._smart_turn is None:
+            self._log.warning("call %s: no Smart Turn in this process, so VAD", self.call_sid)
+            return None
+        return self._smart_turn()
+
+    def _note_transcript(self, text: str | None) -> None:
+        if self._turn_taker is not None:
+            self._turn_taker.set_transcript(text)
 
     def _guarded(self, socket: MediaSocket) -> Callable[[list[str]], Awaitable[None]]:
         send_many = socket.send_many
@@ -370,16 +353,19 @@ class CallSession:
             )
 
     async def _read(
-        self, socket: MediaSocket, stage: Stage, call: CallContext, probe: CallProbe
+        self,
+        socket: MediaSocket,
+        stage: Stage,
+        call: CallContext,
+        probe: CallProbe,
+        turns: TurnStep | None,
     ) -> None:
         """The frame loop: parse → decode → route, until the stream stops."""
         receive, parse = socket.receive, self._parser.receive
         decode = probe.step("decode", ulaw_decode)
         inline = probe.async_step("stage", stage.on_audio) if stage.inline_audio else None
         wants_audio = stage.receives_audio and inline is None
-        detect = None
-        if stage.turn_detection:
-            detect = probe.turns(probe.step("vad", TurnDetector(self.config.turn).process))
+        detect = probe.turns(probe.step("vad", turns)) if turns is not None else None
         to_stage = self._stage_inbox
         assert self._playout is not None
         tick, current_time = self._playout.tick, trio.current_time
@@ -453,6 +439,7 @@ class CallSession:
             sequence_anomalies=stats.sequence_anomalies,
             unknown_events=stats.unknown_events,
             playout=self._playout.core.statistics() if self._playout else None,
+            turns=self._turn_taker.statistics() if self._turn_taker else None,
         )
         if stats.sequence_anomalies or stats.unknown_events:
             self._log.info(

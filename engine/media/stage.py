@@ -17,12 +17,38 @@ The smallest useful stage overrides one handler::
 A stage that needs full control (streaming a reply while listening for barge-in) overrides
 :meth:`Stage.run` and runs its own nursery inside it. One stage instance serves one call; when the
 call ends, ``run`` is cancelled. An exception in a stage ends its own call, never the server.
+
+**End of turn.** How a caller's turn ends is the server's choice (``serve --turn vad|smart-turn``,
+``SessionConfig.turn_taking``): ``vad`` ends it after ``--hangover-ms`` of silence; ``smart-turn``
+asks Smart Turn v3 at each pause whether the caller has finished (:mod:`engine.media.turn`),
+falling back to the VAD rule when the model is slow, failing or saturated. Either way the stage
+receives the same frames (``SpeechStarted``, then ``Utterance`` and ``SpeechEnded``). A stage can
+decide for its own calls — set ``turn_taking``, or return an analyzer of its own from
+:meth:`Stage.turn_analyzer`::
+
+    from engine.media.turn import Question
+
+    class Patient:                                  # any object with this coroutine method
+        async def probability(self, question: Question) -> float:
+            # P(the caller has finished): question.audio is the turn so far (8 kHz),
+            # question.silence_ms the pause, question.transcript the words if known.
+            return 1.0 if question.silence_ms >= 800 else 0.0
+
+    class MyAgent(Stage):
+        def turn_analyzer(self) -> Patient:
+            return Patient()
+
+An analyzer is asked at growing pauses (300, 500, 800 ms by default) from a task of its own,
+never from the frame loop; one that raises, or takes longer than ``SessionConfig.turn_timeout``,
+ends that turn by the VAD rule. A stage that transcribes while the caller talks helps the
+analyzer with :meth:`CallContext.note_transcript` (a turn whose words end on "and", "of", "the"
+or a comma is not over).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import trio
@@ -44,6 +70,9 @@ from engine.media.frames import (
     Utterance,
 )
 
+if TYPE_CHECKING:
+    from engine.media.turn.analyzer import TurnAnalyzer
+
 __all__ = ["CallContext", "Stage", "StageFactory"]
 
 
@@ -61,6 +90,7 @@ class CallContext:
         playout: FrameChannel[Frame],
         play_now: Callable[[PlayAudio], Awaitable[bool]] | None = None,
         reserve: Callable[[int], Awaitable[None]] | None = None,
+        note_transcript: Callable[[str | None], None] | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -71,6 +101,7 @@ class CallContext:
         self._playout = playout
         self._play_now = play_now
         self._reserve = reserve
+        self._note_transcript = note_transcript
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._inbox.__aiter__()
@@ -78,6 +109,14 @@ class CallContext:
     async def receive(self) -> Frame:
         """The next inbound frame."""
         return await self._inbox.receive()
+
+    def note_transcript(self, text: str | None) -> None:
+        """The words of the caller's open turn so far (a partial transcript), for the
+        end-of-turn analyzer: a turn whose words cannot end a sentence (a trailing "and", "the",
+        a comma) is not ended by it. Cheap, and safe from a worker thread; cleared at each end
+        of turn; ignored when the call ends turns by the VAD alone."""
+        if self._note_transcript is not None:
+            self._note_transcript(text)
 
     async def play(self, pcm: PCM, *, rate: int = SAMPLE_RATE, label: str = "") -> None:
         """Queue int16 mono audio at ``rate`` Hz for the caller, under a reply ``label``.
@@ -144,6 +183,8 @@ class Stage:
       a task switch per frame, for per-frame work that never waits long (echo, a meter, a
       hand-off to a bounded queue of your own); while it runs, the call reads nothing. An
       exception in it ends the call as one in :meth:`run` does.
+    - ``turn_taking``: ``"vad"`` or ``"smart-turn"`` to fix how this stage's calls end turns;
+      ``None`` (default) takes the server's choice. :meth:`turn_analyzer` overrides both.
     """
 
     receives_audio: ClassVar[bool] = False
@@ -151,6 +192,13 @@ class Stage:
     barge_in: ClassVar[bool] = True
     paced: ClassVar[bool] = True
     inline_audio: ClassVar[bool] = False
+    turn_taking: ClassVar[Literal["vad", "smart-turn"] | None] = None
+
+    def turn_analyzer(self) -> TurnAnalyzer | None:
+        """An end-of-turn analyzer of the stage's own for this call (see the module docstring),
+        or ``None`` (the default) for the engine's (``turn_taking``). Called once per call,
+        before :meth:`run`."""
+        return None
 
     async def run(self, call: CallContext) -> None:
         """Handle the call's frames until it ends; the default dispatches to ``on_*``."""

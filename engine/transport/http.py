@@ -49,6 +49,10 @@ class HttpLimits:
     closed."""
     request_timeout: float = 10.0
     """Seconds a request may take to arrive whole once it has begun (a stalled body: 408)."""
+    concurrent_requests: int = 4
+    """Requests the HTTP application works on at once (the rest wait their turn): a burst of
+    webhooks then costs the calls already streaming a few steps per scheduling round, not
+    dozens. Twilio waits up to 15 s for a webhook's answer."""
     answer_timeout: float = 60.0
     """Seconds the application may take to begin answering a request before its connection
     is given up."""
@@ -96,9 +100,16 @@ class _RequestStream(trio.abc.HalfCloseableStream):
     """One connection as hypercorn sees it: whole requests in, everything out under a lock."""
 
     def __init__(
-        self, stream: trio.SocketStream, reader: RequestReader, first: Request, limits: HttpLimits
+        self,
+        stream: trio.SocketStream,
+        reader: RequestReader,
+        first: Request,
+        limits: HttpLimits,
+        working: trio.CapacityLimiter,
     ) -> None:
         self._stream = stream
+        self._working = working
+        self._holding = False  # a working slot, from handing a request over to its answer
         self._reader = reader
         self._limits = limits
         self._next: bytes = first.raw
@@ -126,7 +137,14 @@ class _RequestStream(trio.abc.HalfCloseableStream):
             self._next = request.raw
         data, self._next = self._next, b""
         self._answered = trio.Event()
+        await self._working.acquire_on_behalf_of(self)
+        self._holding = True
         return data
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._working.release_on_behalf_of(self)
 
     async def _refuse(self, exc: BadRequest) -> None:
         status = exc.http_status or 400
@@ -135,6 +153,7 @@ class _RequestStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._answered.set()
+        self._release()  # the answer has begun: the request's work is done
         async with self._send_lock:
             await self._stream.send_all(data)
 
@@ -146,6 +165,7 @@ class _RequestStream(trio.abc.HalfCloseableStream):
             await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        self._release()
         await self._stream.aclose()
 
 
@@ -157,11 +177,12 @@ class HttpApp:
         self._config = config
         self.limits = limits
         self.context = WorkerContext(None)
+        self._working = trio.CapacityLimiter(limits.concurrent_requests)
         self.state: dict[str, Any] = {}
 
     async def serve(self, stream: trio.SocketStream, reader: RequestReader, first: Request) -> None:
         """Serve ``stream``, whose first request ``first`` was already read, until it closes."""
-        connection = _RequestStream(stream, reader, first, self.limits)
+        connection = _RequestStream(stream, reader, first, self.limits, self._working)
         server = TCPServer(
             self._app,
             self._config,

@@ -391,8 +391,8 @@ async def test_a_failing_model_ends_only_its_own_call_with_an_apology(
         record = records[behaviour]
         assert record.closed_by_server and record.close_code == 1000, (behaviour, record)
         assert record.errors == []
-        # eSpeak varies a little from run to run: heard ≈ 0.7–0.9, not heard < 0.5.
-        assert correlation(bytes(record.heard), middle) > 0.6, behaviour
+        # eSpeak varies from run to run: heard 0.60–0.90 (measured), not heard 0.34–0.37.
+        assert correlation(bytes(record.heard), middle) > 0.5, behaviour
     # HTTP 500: the apology is all the caller heard.
     assert abs(records["fail500"].heard_ms() - len(apology) // 8) <= 400
     # Cut mid-stream: the first sentence, then the apology (and nothing of the rest). eSpeak's
