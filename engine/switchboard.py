@@ -190,11 +190,14 @@ class Switchboard:
         admission and metrics; fold call counters into the metrics once a second. Runs until
         cancelled."""
         if self.config.admission.max_calls == "auto":
-            self.capacity = CapacityEstimate(await measure_frame_cost())
+            measured = await measure_frame_cost()
+            self.capacity = CapacityEstimate.calibrated(measured)
             self.admission.set_ceiling(self.capacity.ceiling)
             metrics.CALL_CEILING.set(self.capacity.ceiling)
             log.info(
-                "capacity: %.0f µs of CPU per frame measured, so at most %d calls at once",
+                "capacity: %.0f µs of CPU per frame measured (%.0f in service), "
+                "so at most %d calls at once",
+                measured * 1e6,
                 self.capacity.frame_cost * 1e6,
                 self.capacity.ceiling,
             )
