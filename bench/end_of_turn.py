@@ -21,7 +21,7 @@ gate, as :mod:`engine.media.vad`):
 Note: the ``vad-*`` configurations here are the policy's own VAD rule (its 120 ms segmenter's
 silence), not the engine's detector (:class:`~engine.media.vad.TurnDetector`), which holds a
 turn through breaths and line noise: it cuts fewer pauses on this material and ends later
-(:func:`bench.turn_taking.analyzer_rows` compares with the detector itself, as calls run it).
+(:func:`analyzer_rows` compares with the detector itself, as calls run it).
 
 ``python -m bench.end_of_turn`` prints the tables; :func:`run` returns them as a dict.
 """
@@ -31,18 +31,35 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
 
+from bench.end_of_turn_live import live_load
+from bench.end_of_turn_load import barge_in, load
 from bench.turn_material import Speech, decode, real_speech, synthetic_speech
+from bench.turn_taking import decisions as vad_decisions
 from bench.turn_taking import percentile, score_speech
+from bench.turn_taking import replay as vad_replay
+from engine.media.turn.live import live_policy
 from engine.media.turn.policy import EndOfTurn, EndOfTurnPolicy, PolicyConfig, Question, Rung
 from engine.media.turn.smart_turn import SmartTurnModel
+from engine.media.vad import TurnConfig
 
-__all__ = ["CONFIGS", "Replay", "WindowScorer", "quality", "replay", "run", "summarize"]
+__all__ = [
+    "CONFIGS",
+    "Replay",
+    "WindowScorer",
+    "analyzer_rows",
+    "decision_load_rows",
+    "live_analyzer_rows",
+    "quality",
+    "replay",
+    "run",
+    "summarize",
+]
 
 
 BASE = PolicyConfig()
@@ -235,18 +252,93 @@ def run(
         "inference_ms_mean": round(scorer.seconds / max(1, scorer.inferences) * 1000, 1),
     }
     if load_seconds > 0:
-        from bench.end_of_turn_load import load
-
         result["load"] = [
             load(model, calls, seconds=load_seconds, max_batch=batch)
             for calls in (10, 50, 200)
             for batch in (1, 4)
         ]
     if barge_in_seconds > 0:
-        from bench.end_of_turn_load import barge_in
-
         result["barge_in"] = barge_in(materials, seconds=barge_in_seconds)
     return result
+
+
+# -- the end-of-turn analyzer beside the VAD (issue #12) ------------------------------------------
+
+
+def analyzer_rows(
+    *,
+    synthetic: bool = True,
+    hangovers: Sequence[int] = (300, 500, 700),
+    answer_delay_ms: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, object]]:
+    """VAD and Smart Turn side by side, replayed (see the module docstring); one row per
+    (configuration, material) with ``premature_per_pause``, ``latency_p50_ms``,
+    ``latency_p99_ms``, ``missed`` and the counts behind them.
+
+    Smart Turn runs the policy exactly as a live call configures it
+    (:func:`engine.media.turn.live.live_policy`: the engine's VAD tuning, the VAD rule at 500 ms
+    as its fallback), its answers applied after the measured single-decision time on this
+    machine (``answer_delay_ms``) and after 40 ms (a fast core); a third row gives it the words
+    so far (an oracle transcript, as ``local`` and ``llm`` could with ``note_transcript``).
+    """
+    if progress:
+        progress("end-of-turn material and model")
+    materials = {"real": real_speech()}
+    if synthetic:
+        materials["synthetic"] = [synthetic_speech()]
+    model = SmartTurnModel()
+    delay = answer_delay_ms
+    if delay is None:
+        single = float(np.median(measure_inference(model, materials["real"][-1])))
+        delay = int(-(-single // 20) * 20)
+    scorer = WindowScorer(model)
+    live = live_policy(TurnConfig(), PolicyConfig())
+    audio_only = replace(live, text_cap=1.0)  # turn-echo has no words
+    rows: list[dict[str, object]] = []
+    for label, speeches in materials.items():
+        for hangover in hangovers:
+            vad = TurnConfig(hangover_ms=hangover)
+            results = []
+            for speech in speeches:
+                decided = vad_decisions(vad_replay(speech.material.ulaw, vad))
+                results.append(Replay(decided, {"vad": len(decided)}, 0))
+            rows.append(summarize(f"vad {hangover} ms", label, speeches, results))
+        for name, policy, answer_ms in (
+            (f"smart-turn (answers after {delay} ms)", audio_only, delay),
+            ("smart-turn (answers after 40 ms)", audio_only, 40),
+            (f"smart-turn + words (answers after {delay} ms)", live, delay),
+        ):
+            if progress:
+                progress(f"{name} on {label} speech")
+            results = [replay(s, policy, scorer, answer_ms) for s in speeches]
+            rows.append(summarize(name, label, speeches, results))
+    for row in rows:
+        row["answer_delay_ms"] = delay
+    return rows
+
+
+def decision_load_rows(
+    calls: Sequence[int] = (50, 200), *, seconds: float = 15.0
+) -> list[dict[str, object]]:
+    """Decision latency p50/p99, decisions per second per core, and the share of questions
+    that fell back (refused at once or late), at each number of concurrent calls, on the
+    scoring service as a live server runs it (:func:`bench.end_of_turn_load.load`)."""
+
+    model = SmartTurnModel()
+    return [load(model, n, seconds=seconds) for n in calls]
+
+
+def live_analyzer_rows(
+    calls: Sequence[int] = (10, 50), *, echo_calls: int = 4
+) -> list[dict[str, object]]:
+    """VAD and Smart Turn live, with ``calls`` talking calls on one server
+    (:func:`bench.end_of_turn_live.live_load`): quality, how turns were decided, answer
+    times, and the media loop (echo round trip, loop lag)."""
+
+    return [
+        live_load(turn, n, echo_calls=echo_calls) for n in calls for turn in ("vad", "smart-turn")
+    ]
 
 
 def _table(rows: Sequence[dict[str, object]], keys: Sequence[str]) -> str:

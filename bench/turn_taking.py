@@ -20,16 +20,8 @@ Definitions (all times in media ms of the caller's microphone):
 - *onset → clear* is the delay from the true onset of caller speech over the bot's talk to the
   ``clear`` that cuts it.
 
-The end-of-turn analyzer beside the VAD (issue #12), side by side with it:
-
-- :func:`analyzer_rows`: replayed on real recordings of long sentences (and on the eSpeak
-  material), the engine's VAD (the detector above) at 300/500/700 ms against Smart Turn with the
-  live default policy — premature ends per internal pause, latency from the real end of speech
-  to the decision (the reply follows it by the engine's own turn latency, a few ms) p50/p99;
-- :func:`decision_load_rows`: the shared scoring service's decision latency and throughput at
-  50 and 200 concurrent calls (:func:`bench.end_of_turn_load.load`);
-- :func:`live_analyzer_rows`: the same quality live, with 10 and 50 talking calls on one server
-  (:func:`bench.end_of_turn_live.live_load`): what the fallback does under load.
+The end-of-turn analyzer beside this detector is measured in :mod:`bench.end_of_turn`
+(:func:`~bench.end_of_turn.analyzer_rows` and the rows after it).
 """
 
 from __future__ import annotations
@@ -61,11 +53,8 @@ __all__ = [
     "NoiseResult",
     "SpeechResult",
     "TurnTaking",
-    "analyzer_rows",
-    "decision_load_rows",
     "decisions",
     "live",
-    "live_analyzer_rows",
     "onset_clips",
     "percentile",
     "replay",
@@ -363,92 +352,3 @@ def live(
     if onset_trials:
         clips = onset_clips(onset_trials)
         result.onset_to_clear_ms += trio.run(_live_onsets, url, token, clips, hangover_ms)
-
-
-# -- the end-of-turn analyzer beside the VAD (issue #12) ------------------------------------------
-
-
-def analyzer_rows(
-    *,
-    synthetic: bool = True,
-    hangovers: Sequence[int] = (300, 500, 700),
-    answer_delay_ms: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[dict[str, object]]:
-    """VAD and Smart Turn side by side, replayed (see the module docstring); one row per
-    (configuration, material) with ``premature_per_pause``, ``latency_p50_ms``,
-    ``latency_p99_ms``, ``missed`` and the counts behind them.
-
-    Smart Turn runs the policy exactly as a live call configures it
-    (:func:`engine.media.turn.live.live_policy`: the engine's VAD tuning, the VAD rule at 500 ms
-    as its fallback), its answers applied after the measured single-decision time on this
-    machine (``answer_delay_ms``) and after 40 ms (a fast core); a third row gives it the words
-    so far (an oracle transcript, as ``local`` and ``llm`` could with ``note_transcript``).
-    """
-    from bench.end_of_turn import Replay, WindowScorer, measure_inference, summarize
-    from bench.end_of_turn import replay as replay_policy
-    from bench.turn_material import real_speech, synthetic_speech
-    from engine.media.turn.live import live_policy
-    from engine.media.turn.policy import PolicyConfig
-    from engine.media.turn.smart_turn import SmartTurnModel
-
-    if progress:
-        progress("end-of-turn material and model")
-    materials = {"real": real_speech()}
-    if synthetic:
-        materials["synthetic"] = [synthetic_speech()]
-    model = SmartTurnModel()
-    delay = answer_delay_ms
-    if delay is None:
-        single = float(np.median(measure_inference(model, materials["real"][-1])))
-        delay = int(-(-single // 20) * 20)
-    scorer = WindowScorer(model)
-    live = live_policy(TurnConfig(), PolicyConfig())
-    audio_only = replace(live, text_cap=1.0)  # turn-echo has no words
-    rows: list[dict[str, object]] = []
-    for label, speeches in materials.items():
-        for hangover in hangovers:
-            vad = TurnConfig(hangover_ms=hangover)
-            results = []
-            for speech in speeches:
-                decided = decisions(replay(speech.material.ulaw, vad))
-                results.append(Replay(decided, {"vad": len(decided)}, 0))
-            rows.append(summarize(f"vad {hangover} ms", label, speeches, results))
-        for name, policy, answer_ms in (
-            (f"smart-turn (answers after {delay} ms)", audio_only, delay),
-            ("smart-turn (answers after 40 ms)", audio_only, 40),
-            (f"smart-turn + words (answers after {delay} ms)", live, delay),
-        ):
-            if progress:
-                progress(f"{name} on {label} speech")
-            results = [replay_policy(s, policy, scorer, answer_ms) for s in speeches]
-            rows.append(summarize(name, label, speeches, results))
-    for row in rows:
-        row["answer_delay_ms"] = delay
-    return rows
-
-
-def decision_load_rows(
-    calls: Sequence[int] = (50, 200), *, seconds: float = 15.0
-) -> list[dict[str, object]]:
-    """Decision latency p50/p99, decisions per second per core, and the share of questions
-    that fell back (refused at once or late), at each number of concurrent calls, on the
-    scoring service as a live server runs it (:func:`bench.end_of_turn_load.load`)."""
-    from bench.end_of_turn_load import load
-    from engine.media.turn.smart_turn import SmartTurnModel
-
-    model = SmartTurnModel()
-    return [load(model, n, seconds=seconds) for n in calls]
-
-
-def live_analyzer_rows(
-    calls: Sequence[int] = (10, 50), *, echo_calls: int = 4
-) -> list[dict[str, object]]:
-    """VAD and Smart Turn live, with ``calls`` talking calls on one server
-    (:func:`bench.end_of_turn_live.live_load`): quality, how turns were decided, answer
-    times, and the media loop (echo round trip, loop lag)."""
-    from bench.end_of_turn_live import live_load
-
-    return [
-        live_load(turn, n, echo_calls=echo_calls) for n in calls for turn in ("vad", "smart-turn")
-    ]

@@ -21,6 +21,9 @@ Whatever ends the call — Twilio's ``stop``, the peer closing, vanishing or goi
 protocol error, a failing or hung stage, a hang-up, or cancellation from outside (server
 shutdown) — cancels the nursery, so no task outlives the call, and the socket is closed with a
 code that says why (:class:`CallEnd`).
+
+The module is one concern, a call's life from ``start`` to close, kept whole so that it reads in
+the order a call lives it (its values — config, end, outcome — are in :mod:`engine.media.call`).
 """
 
 from __future__ import annotations
