@@ -148,9 +148,12 @@ async def test_a_hung_stage_ends_only_its_own_call() -> None:
     hung_calls: list[str] = []
     outcome: list[int | None] = []
 
+    hung_made = trio.Event()
+
     def factory() -> Stage:
         if len(hung_calls) < 1:
             hung_calls.append("x")
+            hung_made.set()
             return HungStage()
         return Echo()
 
@@ -169,7 +172,9 @@ async def test_a_hung_stage_ends_only_its_own_call() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hang)
-            await trio.sleep(0.3)  # the hung call gets the first stage
+            # The hung call gets the first stage (its webhook may wait for the server's start-up
+            # calibration: a fixed sleep could let the healthy calls' stages be made first).
+            await hung_made.wait()
             for _ in range(5):
                 nursery.start_soon(healthy)
     assert outcome == [1011]

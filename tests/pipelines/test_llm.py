@@ -376,11 +376,14 @@ async def test_a_failing_model_ends_only_its_own_call_with_an_apology(
     def request(prefix: str) -> FakeRequest | None:
         return next((r for r in fake.requests if r.path.startswith(prefix)), None)
 
+    def stage_made_for(behaviour: str) -> bool:
+        return len(made) > behaviours.index(behaviour)
+
     async with running(fake, factory) as (_fake, url), trio.open_nursery() as nursery:
         llm_env(fake)
-        for behaviour in behaviours:  # staggered, so the stages are made in this order
+        for behaviour in behaviours:  # one by one, so each caller's stage is its own
             nursery.start_soon(caller, behaviour, url)
-            await trio.sleep(0.4)
+            await wait_until(partial(stage_made_for, behaviour), 10)
 
     assert len(fake.requests) == 3
     cut, healthy = request("/cut/"), request("/v1/")
