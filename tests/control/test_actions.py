@@ -37,6 +37,7 @@ async def voice_server(emulator: TwilioEmulator) -> AsyncIterator[VoiceServer]:
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
+        await server.switchboard.ready()  # webhooks wait for the start-up capacity measurement
         yield server
         server.shutdown()
 
