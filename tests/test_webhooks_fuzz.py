@@ -89,7 +89,8 @@ def requests(draw: st.DrawFn) -> tuple[Request, str]:
         body = draw(st.binary(max_size=300))
         content_type = draw(
             st.sampled_from(["application/json", "multipart/form-data; boundary=x", "text/plain"])
-            | TEXT
+            # A header value cannot carry a line break on the wire (the test client refuses it).
+            | TEXT.filter(lambda value: "\n" not in value and "\r" not in value)
         )
     signing = draw(st.sampled_from(["right", "right", "none", "garbage", "other-url"]))
     validator = RequestValidator(TOKEN)
