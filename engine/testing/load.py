@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.testing.load_call import FRAME_S, TLS_SCHEMES, Shared
+from engine.testing.load_call import FRAME_S, TLS_SCHEMES, LoopState
 from engine.testing.load_http import stream_target
 from engine.testing.load_media import Call
 from engine.testing.load_wire import WireError
@@ -172,23 +172,23 @@ class _Loop:
         )
         self.ep = select.epoll()
         self.heap: list[tuple[float, int]] = []
-        self.shared = Shared(plan, self.ep, self.heap)
-        self.shared.resolve = self._resolve
+        self.state = LoopState(plan, self.ep, self.heap)
+        self.state.resolve = self._resolve
         self.records = [LoadCall() for _ in range(plan.calls)]
-        self.calls = [Call(i, self.records[i], self.shared) for i in range(plan.calls)]
+        self.calls = [Call(i, self.records[i], self.state) for i in range(plan.calls)]
         self.waiting: deque[int] = deque(range(plan.calls))
         self.addresses: dict[tuple[str, int], tuple[socket.AddressFamily, tuple[Any, ...]]] = {}
         self.samples: list[tuple[float, float, int]] = []  # (wall, cpu, calls streaming)
 
     def run(self) -> LoadRun:
         clock, cpu, sleep = time.monotonic, time.process_time, time.sleep
-        shared, heap, calls, ep, waiting = self.shared, self.heap, self.calls, self.ep, self.waiting
-        by_fd, limit, spacing = shared.by_fd, self.plan.setup_concurrency, self.plan.spacing
-        period, early = self.plan.batch, shared.early
+        state, heap, calls, ep, waiting = self.state, self.heap, self.calls, self.ep, self.waiting
+        by_fd, limit, spacing = state.by_fd, self.plan.setup_concurrency, self.plan.spacing
+        period, early = self.plan.batch, state.early
         start, cpu_start = clock(), cpu()
         next_housekeeping = start
         try:
-            while shared.active or waiting:
+            while state.active or waiting:
                 now = clock()
                 if waiting:
                     self._start_due(now - start)
@@ -198,7 +198,7 @@ class _Loop:
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_S
                     self._housekeeping(now)
-                    shared.realtime_offset = time.time() - clock()
+                    state.realtime_offset = time.time() - clock()
                 if period:
                     # A fixed tick: whatever arrived meanwhile is read at once (the kernel
                     # stamped its arrival); frames due before the next tick go out in this one.
@@ -212,11 +212,11 @@ class _Loop:
                     wake = next_housekeeping
                     if heap and heap[0][0] - early < wake:
                         wake = heap[0][0] - early
-                    if waiting and shared.setting_up < limit:
+                    if waiting and state.setting_up < limit:
                         wake = min(wake, start + waiting[0] * spacing)
                     timeout = wake - clock()
                     ready = ep.poll(timeout if timeout > 0 else 0)
-                shared.polled_at = clock()
+                state.polled_at = clock()
                 for fd, events in ready:
                     call = by_fd.get(fd)
                     if call is not None:
@@ -226,11 +226,11 @@ class _Loop:
                 call.close()
             ep.close()
         wall, used = clock() - start, cpu() - cpu_start
-        return LoadRun(self.records, wall, used, self._steady_share(), shared.peak_streaming)
+        return LoadRun(self.records, wall, used, self._steady_share(), state.peak_streaming)
 
     def _start_due(self, elapsed: float) -> None:
-        plan, shared, waiting = self.plan, self.shared, self.waiting
-        while waiting and shared.setting_up < plan.setup_concurrency:
+        plan, state, waiting = self.plan, self.state, self.waiting
+        while waiting and state.setting_up < plan.setup_concurrency:
             index = waiting[0]
             if index * plan.spacing > elapsed:
                 return
@@ -260,13 +260,13 @@ class _Loop:
         return address
 
     def _housekeeping(self, now: float) -> None:
-        self.samples.append((now, time.process_time(), self.shared.streaming))
+        self.samples.append((now, time.process_time(), self.state.streaming))
         for call in self.calls:
             if call.deadline <= now:
                 call.time_out()
 
     def _steady_share(self) -> float | None:
-        peak = self.shared.peak_streaming
+        peak = self.state.peak_streaming
         at_peak = [(t, c) for t, c, n in self.samples if n == peak and peak]
         if len(at_peak) < 2 or at_peak[-1][0] - at_peak[0][0] < 0.5:
             return None

@@ -30,7 +30,7 @@ from engine.testing.load_wire import WireError, b64_frames
 if TYPE_CHECKING:
     from engine.testing.load import LoadCall, LoadPlan
 
-__all__ = ["EARLY_S", "FRAME_S", "TLS_SCHEMES", "CallSocket", "Phase", "Shared"]
+__all__ = ["EARLY_S", "FRAME_S", "TLS_SCHEMES", "CallSocket", "LoopState", "Phase"]
 
 FRAME_S: Final = 0.020
 EARLY_S: Final = 0.001
@@ -70,7 +70,7 @@ class Phase:
     )
 
 
-class Shared:
+class LoopState:
     """What every call of a run shares: the plan, the epoll, the frame heap, the counters."""
 
     def __init__(self, plan: LoadPlan, ep: select.epoll, heap: list[tuple[float, int]]) -> None:
@@ -128,15 +128,15 @@ class CallSocket:
         "pending",
         "phase",
         "record",
-        "shared",
         "sock",
+        "state",
         "tls",
     )
 
-    def __init__(self, index: int, record: LoadCall, shared: Shared) -> None:
+    def __init__(self, index: int, record: LoadCall, state: LoopState) -> None:
         self.index = index
         self.record = record
-        self.shared = shared
+        self.state = state
         self.phase = Phase.WAITING
         self.sock: socket.socket | None = None
         self.fd = -1
@@ -165,26 +165,26 @@ class CallSocket:
     def _connect(self, url: str, phase: int, request: bytes) -> None:
         parts = urlsplit(url)
         try:
-            family, address = self.shared.resolve(url)
+            family, address = self.state.resolve(url)
             if parts.scheme in TLS_SCHEMES:
-                self.tls = TlsSession(self.shared.tls_context(), parts.hostname or "")
+                self.tls = TlsSession(self.state.tls_context(), parts.hostname or "")
             sock = socket.socket(family, socket.SOCK_STREAM)
         except (WireError, OSError, ValueError) as exc:
             self.fail(str(exc))
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if phase == Phase.WS_CONNECT and self.shared.timestamps:
+        if phase == Phase.WS_CONNECT and self.state.timestamps:
             # The kernel stamps each arrival: echo times stay exact while the loop naps.
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock, self.fd, self.phase, self.on_connect = sock, sock.fileno(), phase, request
-        self.shared.by_fd[self.fd] = self
-        self.deadline = time.monotonic() + self.shared.plan.setup_timeout
+        self.state.by_fd[self.fd] = self
+        self.deadline = time.monotonic() + self.state.plan.setup_timeout
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
             self.fail(f"connect to {url}: {os.strerror(code)}")
             return
-        self.shared.ep.register(self.fd, _OUT)
+        self.state.ep.register(self.fd, _OUT)
 
     def _connected(self) -> None:
         assert self.sock is not None
@@ -193,7 +193,7 @@ class CallSocket:
             self.fail(f"connect: {os.strerror(code)}")
             return
         self.phase += 1
-        self.shared.ep.modify(self.fd, _IN)
+        self.state.ep.modify(self.fd, _IN)
         if self.tls is not None:
             self._tls_handshake(None)
         else:
@@ -217,7 +217,7 @@ class CallSocket:
     def on_event(self, events: int) -> None:
         """The socket is ready (``events`` from epoll)."""
         phase = self.phase
-        if events == _IN and phase >= Phase.STREAMING and self.shared.timestamps:
+        if events == _IN and phase >= Phase.STREAMING and self.state.timestamps:
             # The common case, kept lean: the server's bytes, with the kernel's arrival time.
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(_RECEIVE_BYTES, _ANCILLARY_BYTES)  # type: ignore[union-attr]
@@ -228,9 +228,9 @@ class CallSocket:
                 return
             if ancillary and len(ancillary[0][2]) == 16:
                 seconds, nanoseconds = _TIMESPEC.unpack(ancillary[0][2])
-                self._arrived(data, seconds + nanoseconds * 1e-9 - self.shared.realtime_offset)
+                self._arrived(data, seconds + nanoseconds * 1e-9 - self.state.realtime_offset)
             else:
-                self._arrived(data, self.shared.polled_at)
+                self._arrived(data, self.state.polled_at)
             return
         if phase == Phase.RING_CONNECT or phase == Phase.WS_CONNECT:
             self._connected()
@@ -249,7 +249,7 @@ class CallSocket:
             self.fail(f"receive: {exc}")
             return
         if phase >= Phase.STREAMING:
-            self._arrived(data, self.shared.polled_at)
+            self._arrived(data, self.state.polled_at)
             return
         tls = self.tls
         if tls is None:
@@ -310,7 +310,7 @@ class CallSocket:
     def _send_raw(self, data: bytes) -> None:
         if self.pending is not None:
             self.pending += data
-            if len(self.pending) > self.shared.plan.max_pending_bytes:
+            if len(self.pending) > self.state.plan.max_pending_bytes:
                 self.fail("the server stopped reading (send buffer over its limit)")
             return
         assert self.sock is not None
@@ -327,7 +327,7 @@ class CallSocket:
     def _keep(self, rest: bytes) -> None:
         """Hold what the socket did not take; write it when it is writable again."""
         self.pending = bytearray(rest)
-        self.shared.ep.modify(self.fd, _IN | _OUT)
+        self.state.ep.modify(self.fd, _IN | _OUT)
 
     def _flush(self) -> None:
         assert self.sock is not None and self.pending is not None
@@ -341,7 +341,7 @@ class CallSocket:
         del self.pending[:sent]
         if not self.pending:
             self.pending = None
-            self.shared.ep.modify(self.fd, _IN)
+            self.state.ep.modify(self.fd, _IN)
 
     # -- ending ----------------------------------------------------------------------------------
 
@@ -350,9 +350,9 @@ class CallSocket:
         if self.phase == Phase.STOPPING:
             self._end()
         elif self.phase <= Phase.RINGING:
-            self.fail(f"no webhook answer within {self.shared.plan.setup_timeout:g} s")
+            self.fail(f"no webhook answer within {self.state.plan.setup_timeout:g} s")
         else:
-            self.fail(f"no handshake answer within {self.shared.plan.setup_timeout:g} s")
+            self.fail(f"no handshake answer within {self.state.plan.setup_timeout:g} s")
 
     def fail(self, error: str) -> None:
         """End the call with ``error`` recorded (the first error counts)."""
@@ -364,28 +364,28 @@ class CallSocket:
         self._end()
 
     def _end(self) -> None:
-        shared = self.shared
+        state = self.state
         phase = self.phase
         if phase == Phase.DONE:
             return
         if Phase.RING_CONNECT <= phase <= Phase.HANDSHAKE:
-            shared.setting_up -= 1
+            state.setting_up -= 1
         elif phase == Phase.STREAMING or phase == Phase.DRAINING:
-            shared.streaming -= 1
+            state.streaming -= 1
         if self.record.outcome == "pending":
             self.record.outcome = "admitted"
         if self.record.error is None:
             self.record.phase = "done"
         self.phase = Phase.DONE
         self.deadline = float("inf")
-        shared.active -= 1
+        state.active -= 1
         self._close_socket()
 
     def _close_socket(self) -> None:
         if self.sock is not None:
-            self.shared.by_fd.pop(self.fd, None)
+            self.state.by_fd.pop(self.fd, None)
             with contextlib.suppress(OSError, ValueError):  # never registered: connect failed
-                self.shared.ep.unregister(self.fd)
+                self.state.ep.unregister(self.fd)
             self.sock.close()
             self.sock, self.fd, self.pending = None, -1, None
         self.tls = None

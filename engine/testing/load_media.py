@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from engine.testing.load_call import FRAME_S, CallSocket, Phase, Shared
+from engine.testing.load_call import FRAME_S, CallSocket, LoopState, Phase
 from engine.testing.load_http import (
     Refusal,
     WebhookExchange,
@@ -107,8 +107,8 @@ class Call(CallSocket):
         "webhook",
     )
 
-    def __init__(self, index: int, record: LoadCall, shared: Shared) -> None:
-        super().__init__(index, record, shared)
+    def __init__(self, index: int, record: LoadCall, state: LoopState) -> None:
+        super().__init__(index, record, state)
         self.webhook: WebhookExchange | None = None
         self.head = b""
         self.key = b""
@@ -133,7 +133,7 @@ class Call(CallSocket):
         self._begin(call_sid)
         self.webhook = WebhookExchange(
             webhook_url,
-            self.shared.plan.auth_token,
+            self.state.plan.auth_token,
             call_sid=call_sid,
             account_sid=self.account_sid,
         )
@@ -149,15 +149,15 @@ class Call(CallSocket):
         self.phase = Phase.RING_CONNECT  # setting up (counted) from here
         self.record.call_sid = call_sid
         self.account_sid = "AC" + secrets.token_hex(16)
-        self.shared.active += 1
-        self.shared.setting_up += 1
+        self.state.active += 1
+        self.state.setting_up += 1
 
     def _dial(self, stream_url: str, parameters: dict[str, str]) -> None:
         self.phase = Phase.WS_CONNECT
         self.parameters = parameters
         self.record.phase = "handshake"
         try:
-            request, self.key = handshake_request(stream_url, self.shared.plan.auth_token)
+            request, self.key = handshake_request(stream_url, self.state.plan.auth_token)
         except WireError as exc:
             self.fail(str(exc))
             return
@@ -195,36 +195,36 @@ class Call(CallSocket):
                 self.fail("the server closed the connection during the handshake")
             return
         self.head = b""
-        shared = self.shared
-        shared.setting_up -= 1
-        shared.streaming += 1
-        shared.peak_streaming = max(shared.peak_streaming, shared.streaming)
+        state = self.state
+        state.setting_up -= 1
+        state.streaming += 1
+        state.peak_streaming = max(state.peak_streaming, state.streaming)
         self.phase = Phase.STREAMING
         self.record.phase = "streaming"
         self.deadline = float("inf")
         call_sid = self.record.call_sid
         self.messages = messages = CallMessages(
-            "MZ" + call_sid[2:], self.account_sid, call_sid, shared.b64
+            "MZ" + call_sid[2:], self.account_sid, call_sid, state.b64
         )
         self.sid = messages.stream_sid.encode()
-        if shared.b64_length and not shared.plan.record_replies:
-            self.echo_prefix = messages.echo_prefix(shared.b64_length)
+        if state.b64_length and not state.plan.record_replies:
+            self.echo_prefix = messages.echo_prefix(state.b64_length)
         self.seq = 1
         now = _clock()
         # Real calls start at random moments, so their frames are spread over the 20 ms; the
         # ramp (or a burst) would bunch them. Each call's frames get their own slot in the 20 ms
         # (a golden-ratio sequence: evenly spread for any number of calls); the first frame
         # follows ``start`` by less than 20 ms.
-        slot = shared.epoch + (self.index * _GOLDEN % 1.0) * FRAME_S
+        slot = state.epoch + (self.index * _GOLDEN % 1.0) * FRAME_S
         self.t0 = self.next_due = slot + math.ceil((now - slot) / FRAME_S) * FRAME_S
         self._send(
             client_frame(messages.connected()) + client_frame(messages.start(1, self.parameters))
         )
         if self.phase == Phase.DONE:
             return
-        heapq.heappush(shared.heap, (self.t0, self.index))
+        heapq.heappush(state.heap, (self.t0, self.index))
         if rest:
-            self.received(rest, self.shared.polled_at)
+            self.received(rest, self.state.polled_at)
 
     # -- streaming -------------------------------------------------------------------------------
 
@@ -236,12 +236,12 @@ class Call(CallSocket):
         # The common case, kept lean: one frame (or a few, if late) and nothing else.
         t = _clock()
         due, k, seq = self.next_due, self.k, self.seq
-        horizon = t + self.shared.early
-        last = self.shared.total - 1
+        horizon = t + self.state.early
+        last = self.state.total - 1
         if k >= last:
             self._tick()
             return
-        messages, n, t0 = self.messages, self.shared.frame_count, self.t0
+        messages, n, t0 = self.messages, self.state.frame_count, self.t0
         lateness, sent = self.lateness, self.sent
         data = b""
         while due <= horizon and k < last:
@@ -268,7 +268,7 @@ class Call(CallSocket):
                     return
                 if written < len(data):
                     self._keep(data[written:])
-        heapq.heappush(self.shared.heap, (due, self.index))
+        heapq.heappush(self.state.heap, (due, self.index))
 
     def _tick(self) -> None:
         phase = self.phase
@@ -277,13 +277,13 @@ class Call(CallSocket):
         messages = self.messages
         assert messages is not None
         record = self.record
-        shared = self.shared
+        state = self.state
         t = _clock()
         parts: list[bytes] = []
         if phase == Phase.STREAMING:
-            total, n = shared.total, shared.frame_count
+            total, n = state.total, state.frame_count
             due, k, seq, t0 = self.next_due, self.k, self.seq, self.t0
-            horizon = t + shared.early
+            horizon = t + state.early
             while due <= horizon and k < total:
                 record.lateness.append(t - due)
                 record.sent.append(t)
@@ -295,23 +295,23 @@ class Call(CallSocket):
             if k >= total:
                 self.phase = Phase.DRAINING
                 record.phase = "draining"
-                self.drain_end = t + shared.plan.drain
+                self.drain_end = t + state.plan.drain
         marks = self.marks
         while marks and marks[0][0] <= t:
             parts.append(self._mark_echo(marks.popleft()[1]))
-        if self.phase == Phase.DRAINING and t + shared.early >= self.drain_end:
+        if self.phase == Phase.DRAINING and t + state.early >= self.drain_end:
             self.seq += 1
             parts.append(client_frame(messages.stop(self.seq)))
             self.phase = Phase.STOPPING
             record.phase = "stopping"
-            shared.streaming -= 1
-            self.deadline = t + shared.plan.stop_timeout
+            state.streaming -= 1
+            self.deadline = t + state.plan.stop_timeout
         if parts:
             self._send(parts[0] if len(parts) == 1 else b"".join(parts))
         if self.phase == Phase.STREAMING:
-            heapq.heappush(shared.heap, (self.next_due, self.index))
+            heapq.heappush(state.heap, (self.next_due, self.index))
         elif self.phase == Phase.DRAINING:
-            heapq.heappush(shared.heap, (min(t + FRAME_S, self.drain_end), self.index))
+            heapq.heappush(state.heap, (min(t + FRAME_S, self.drain_end), self.index))
 
     def _mark_echo(self, name: str) -> bytes:
         assert self.messages is not None
@@ -326,8 +326,8 @@ class Call(CallSocket):
         if prefix and self.decoder.idle:
             # The common case, without the decoder: the exact echo of the frame sent at this
             # position, framed and written as the engine writes it.
-            tails = self.shared.echo_tails
-            n, seconds, at, end = len(tails), self.shared.frame_seconds, 0, len(data)
+            tails = self.state.echo_tails
+            n, seconds, at, end = len(tails), self.state.frame_seconds, 0, len(data)
             skip, matched = len(prefix), 0
             while at < end and data.startswith(prefix, at):
                 tail = tails[self.echo_index % n]
@@ -339,7 +339,7 @@ class Call(CallSocket):
                 self.play_end = (t if t > self.play_end else self.play_end) + seconds
                 at += skip + len(tail)
             if matched:
-                record.echo_bytes += matched * self.shared.frame_bytes
+                record.echo_bytes += matched * self.state.frame_bytes
                 if at == end:
                     return
                 data = data[at:]
@@ -358,7 +358,7 @@ class Call(CallSocket):
                     return
                 if kind == MEDIA:
                     record.echoed.append(t)
-                    b64 = self.shared.b64
+                    b64 = self.state.b64
                     expected = b64[self.echo_index % len(b64)]
                     self.echo_index += 1
                     if value != expected:
@@ -366,7 +366,7 @@ class Call(CallSocket):
                     size = payload_size(value)
                     record.echo_bytes += size
                     starts = t if t > self.play_end else self.play_end
-                    if self.shared.plan.record_replies:
+                    if self.state.plan.record_replies:
                         record.heard.append(starts)
                         record.reply_bytes.append(size)
                         record.sound_ms.append(sound_offset_ms(binascii.a2b_base64(value)))
