@@ -4,7 +4,8 @@ Three ways in:
 
 - ``voice-engine bench`` — the engine's own bench on its default server (``serve --pipeline
   echo``, no tuning flags: the default is the product): the capacity sweep, a burst of callers
-  at once, turn latency and barge-in on real speech, turn-taking quality. ``--raw`` turns
+  at once, turn latency and barge-in on real speech, turn-taking quality, end of turn (the VAD
+  rule beside Smart Turn, :mod:`bench.end_of_turn`). ``--raw`` turns
   admission off (``--max-calls unlimited``) to find where the engine itself breaks.
 - ``voice-engine bench --target URL [--target URL …]`` — other servers (or ``engine``),
   measured the same way and reported side by side (:mod:`bench.targets`).
@@ -26,11 +27,15 @@ from bench.about import machine, versions
 from bench.agent import AGENT_CALLS
 from bench.burst import BURST_CALLS, WEBHOOK_CONCURRENCY, burst
 from bench.compare import load_results, write_comparison
+from bench.end_of_turn import analyzer_rows, decision_load_rows
+from bench.end_of_turn_live import live_load
+from bench.end_of_turn_load import barge_in as barge_in_noise
 from bench.procs import start_server, usable_cpus
 from bench.report import compare, write_markdown, write_plots
 from bench.scenarios import as_dict, barge_in, frame_round_trip, turn_latency
 from bench.target_options import TargetSpec, add_target_options, targets_from
 from bench.targets import RunPlan, measure_echo, measured, run_target
+from bench.turn_material import real_speech, synthetic_speech
 from bench.turn_taking import live, run_replay
 from engine.media.vad import TurnConfig
 from engine.tts import speak_ulaw
@@ -50,6 +55,9 @@ SENTENCES = (
     "Please call me back tomorrow morning at nine.",
     "Is there parking available near the main entrance?",
 )
+LIVE_TURN_CALLS = (10, 50)
+"""Talking calls of the live end-of-turn runs (``--full``), each with the VAD and Smart Turn."""
+END_OF_TURN_STEPS = 3
 NOT_MEASURED = 3
 """Exit status when a target could not be measured at all (its report says why)."""
 
@@ -231,9 +239,9 @@ def _run_engine(args: argparse.Namespace, saved: list[Path]) -> int:
     progress = _Progress(
         (1 if args.burst else 0)
         + len(sweep)
-        + (3 if turns else 0)
+        + (3 + END_OF_TURN_STEPS if turns else 0)
         + (1 if args.full else 0)
-        + (2 if turns and args.full else 0)
+        + (2 + len(LIVE_TURN_CALLS) * 2 if turns and args.full else 0)
     )
     audio = _speech(out)
     extra = ["--max-calls", "unlimited"] if args.raw else []
@@ -344,3 +352,23 @@ def _turns(
             finally:
                 server.stop()
     result["turn_taking"] = as_dict(taking)
+    result["end_of_turn"] = _end_of_turn(args, progress)
+
+
+def _end_of_turn(args: argparse.Namespace, progress: _Progress) -> dict[str, Any]:
+    """The end-of-turn rows (issue #12): VAD against Smart Turn on real speech, decisions under
+    load, barge-in on noise; with ``--full`` also live, on a server with talking calls."""
+    progress.step("end of turn: VAD and Smart Turn, replayed")
+    quality = analyzer_rows()
+    progress.step("end of turn: decisions at 50 and 200 calls")
+    decisions = decision_load_rows((50, 200), seconds=15.0 if args.full else 5.0)
+    progress.step("end of turn: barge-in on noise")
+    noise = barge_in_noise({"real": real_speech(), "synthetic": [synthetic_speech()]}, seconds=180)
+    out: dict[str, Any] = {"quality": quality, "decisions": decisions, "barge_in_noise": noise}
+    if args.full:
+        out["live"] = []
+        for calls in LIVE_TURN_CALLS:
+            for turn in ("vad", "smart-turn"):
+                progress.step(f"end of turn live: {turn}, {calls} talking calls")
+                out["live"] += [live_load(turn, calls)]
+    return out

@@ -38,7 +38,7 @@ from typing import cast
 import numpy as np
 
 from bench.end_of_turn_live import live_load
-from bench.end_of_turn_load import barge_in, load
+from bench.end_of_turn_load import SILERO, barge_in, load
 from bench.turn_material import Speech, decode, real_speech, synthetic_speech
 from bench.turn_taking import decisions as vad_decisions
 from bench.turn_taking import percentile, score_speech
@@ -258,7 +258,8 @@ def run(
             for batch in (1, 4)
         ]
     if barge_in_seconds > 0:
-        result["barge_in"] = barge_in(materials, seconds=barge_in_seconds)
+        silero = SILERO if SILERO.exists() else None
+        result["barge_in"] = barge_in(materials, seconds=barge_in_seconds, silero=silero)
     return result
 
 

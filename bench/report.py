@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import end_of_turn_report
 from bench.report_sections import agent, burst, frame_steps, header, pct, rtt_table
 from bench.scenarios import PERCENTILES
 
@@ -72,6 +73,7 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
             value = _pct(taking["onset_to_clear_ms"], q)
             if value is not None:
                 out[f"turn_taking.onset_to_clear.p{q}"] = value
+    out |= end_of_turn_report.figures(result.get("end_of_turn") or {})
     return out
 
 
@@ -171,18 +173,23 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     taking = result.get("turn_taking")
     if taking:
         lines += _turn_taking_markdown(taking)
+    if result.get("end_of_turn"):
+        lines += end_of_turn_report.markdown(result["end_of_turn"])
     lines += ["", f"Versions: {json.dumps(result['versions'])}", ""]
     path.write_text("\n".join(lines))
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    """Latency CDF per N; p99 and server CPU against N; per-step times; RSS over time (each
-    only when the result holds its data)."""
+    """Latency CDF per N; p99 and server CPU against N; per-step times; RSS over time; end of
+    turn (each only when the result holds its data)."""
     made: list[Path] = []
     steps = result.get("frame_round_trip") or []
     if steps:
         made += _rtt_plots(steps, folder)
     made += _step_and_rss_plots(result, folder)
+    if result.get("end_of_turn"):
+        eot = end_of_turn_report.plot(result["end_of_turn"], folder)
+        made += [eot] if eot else []
     return made
 
 
