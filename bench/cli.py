@@ -37,6 +37,7 @@ from bench.target_options import TargetSpec, add_target_options, targets_from
 from bench.targets import RunPlan, measure_echo, measured, run_target
 from bench.turn_material import real_speech, synthetic_speech
 from bench.turn_taking import live, run_replay
+from engine.media.call import SessionConfig
 from engine.media.vad import TurnConfig
 from engine.tts import speak_ulaw
 
@@ -239,7 +240,7 @@ def _run_engine(args: argparse.Namespace, saved: list[Path]) -> int:
     progress = _Progress(
         (1 if args.burst else 0)
         + len(sweep)
-        + (3 + END_OF_TURN_STEPS if turns else 0)
+        + (4 + END_OF_TURN_STEPS if turns else 0)
         + (1 if args.full else 0)
         + (2 + len(LIVE_TURN_CALLS) * 2 if turns and args.full else 0)
     )
@@ -318,25 +319,27 @@ def _turns(
     log: Path,
 ) -> None:
     clips = [speak_ulaw(s) for s in SENTENCES]
-    server = start_server("turn-echo", cpu=server_cpu, log=log)
-    try:
-        progress.step("turn latency, real speech")
-        result["turn_latency"] = as_dict(
-            turn_latency(server, clips if args.full else clips[:3], TurnConfig().hangover_ms)
-        )
-        progress.step("barge-in reaction")
-        result["barge_in"] = as_dict(
-            barge_in(server, clips[0] + clips[1], clips[2], 5 if args.full else 2)
-        )
-    finally:
-        server.stop()
+    said = clips if args.full else clips[:3]
+    for key, rule in (("turn_latency", None), ("turn_latency_vad", "vad")):
+        server = start_server("turn-echo", cpu=server_cpu, log=log, turn=rule)
+        try:
+            progress.step(f"turn latency, {rule or 'the default'} end of turn")
+            result[key] = as_dict(turn_latency(server, said, TurnConfig().hangover_ms))
+            result[key]["turn"] = rule or SessionConfig().turn_taking
+            if rule is None:
+                progress.step("barge-in reaction")
+                result["barge_in"] = as_dict(
+                    barge_in(server, clips[0] + clips[1], clips[2], 5 if args.full else 2)
+                )
+        finally:
+            server.stop()
     turn = TurnConfig()
     taking = run_replay(24, 60.0, turn, TURN_TAKING_HANGOVERS, progress=progress.step)
     if args.full:  # the same through the engine over WebSockets, in real time
         for hangover in sorted({turn.hangover_ms, 300}, reverse=True):
             progress.step(f"turn-taking live, hangover {hangover} ms")
             server = start_server(
-                "bench.probe:create", cpu=server_cpu, log=log, hangover_ms=hangover
+                "bench.probe:create", cpu=server_cpu, log=log, hangover_ms=hangover, turn="vad"
             )
             try:
                 first = hangover == turn.hangover_ms

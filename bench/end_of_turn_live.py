@@ -147,8 +147,8 @@ def live_load(
         media_listener=False,
         log=log,
         hangover_ms=500,
-        extra=["--turn", turn, "--max-calls", "unlimited"]
-        + (["--turn-threads", str(threads)] if threads else []),
+        turn=turn,
+        extra=["--max-calls", "unlimited"] + (["--turn-threads", str(threads)] if threads else []),
     )
     try:
         cpu_before, started = cpu_seconds(server.process.pid), time.perf_counter()

@@ -162,14 +162,16 @@ def start_server(
     log: Path,
     media_listener: bool = False,
     hangover_ms: int | None = None,
+    turn: str | None = None,
     extra: Sequence[str] = (),
 ) -> Server:
     """Start ``python -m engine serve`` pinned to ``cpu`` and wait until it listens.
 
     The server is the default one — webhooks and media on one port, admission control on —
     unless asked otherwise: ``media_listener`` also takes media on a port of its own
-    (``--media-port``), ``hangover_ms`` sets the turn detector's end-of-turn hangover
-    (``--hangover-ms``), ``extra`` arguments are added to ``serve``'s (e.g. ``--max-calls``).
+    (``--media-port``), ``turn`` how turns end (``--turn vad|smart-turn``; default: the
+    server's, Smart Turn), ``hangover_ms`` the VAD rule's silence (``--hangover-ms``), ``extra``
+    arguments are added to ``serve``'s (e.g. ``--max-calls``).
     """
     token = secrets.token_hex(16)
     env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "PYTHONUNBUFFERED": "1"}
@@ -177,6 +179,8 @@ def start_server(
     args = [sys.executable, "-m", "engine", "--log-level", "WARNING", "serve", "--port", "0"]
     if hangover_ms is not None:
         args += ["--hangover-ms", str(hangover_ms)]
+    if turn is not None:
+        args += ["--turn", turn]
     args += ["--pipeline", pipeline]
     if media_listener:
         args += ["--media-port", "0"]

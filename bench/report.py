@@ -47,13 +47,14 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
             value = _pct(step[key], 50)
             if value is not None:
                 out[f"agent[{step['calls']}].{key}.p50"] = value
-    turn = result.get("turn_latency")
-    if turn:
-        for key in ("sent_ms", "heard_ms"):
-            for q in (50, 99):
-                value = _pct(turn[key], q)
-                if value is not None:
-                    out[f"turn.{key}.p{q}"] = value
+    for name, prefix in (("turn_latency", "turn"), ("turn_latency_vad", "turn_vad")):
+        turn = result.get(name)
+        if turn:
+            for key in ("sent_ms", "heard_ms"):
+                for q in (50, 99):
+                    value = _pct(turn[key], q)
+                    if value is not None:
+                        out[f"{prefix}.{key}.p{q}"] = value
     barge = result.get("barge_in")
     if barge and barge["reaction_ms"]:
         out["barge_in.p50_ms"] = _pct(barge["reaction_ms"], 50) or 0.0
@@ -148,17 +149,21 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     errors = result.get("errors") or []
     if errors:
         lines += ["", "## Errors (first few)", ""] + [f"- {e}" for e in errors[:10]]
-    turn = result.get("turn_latency")
-    if turn and turn["sent_ms"]:
+    for key in ("turn_latency", "turn_latency_vad"):
+        turn = result.get(key)
+        if not (turn and turn["sent_ms"]):
+            continue
+        rule = turn.get("turn", "vad")
+        how = f"VAD rule, hangover {turn['hangover_ms']} ms" if rule == "vad" else rule
         lines += [
             "",
-            "## Turn latency (turn-echo, real speech)",
+            f"## Turn latency (turn-echo, eSpeak caller, end of turn: {how})",
             "",
             "End of caller speech → first reply frame sent: "
             f"p50 {_pct(turn['sent_ms'], 50):.0f} ms, "
             f"max {max(turn['sent_ms']):.0f} ms; → first reply audio heard: p50 "
             f"{_pct(turn['heard_ms'], 50):.0f} ms, max {max(turn['heard_ms']):.0f} ms "
-            f"(configured hangover {turn['hangover_ms']} ms; n = {len(turn['sent_ms'])}).",
+            f"(n = {len(turn['sent_ms'])}).",
         ]
     barge = result.get("barge_in")
     if barge and barge["reaction_ms"]:

@@ -15,6 +15,7 @@ import secrets
 import trio
 
 from engine.loader import load_stage_factory
+from engine.media.call import SessionConfig
 from engine.server import ServerConfig, VoiceServer
 from engine.testing import open_inbound_call, speech, speech_bounds
 
@@ -88,8 +89,18 @@ async def run_demo(pipeline: str, sentence: str) -> int:
     if sent_at is None or heard_tick is None:
         print("no reply reached the caller")
         return 1
-    hangover = server.config.session.turn.hangover_ms
     print(f"turn latency:  end of speech → first reply audio sent {sent_at - said_until:.0f} ms,")
     print(f"               → first reply audio heard {heard_tick * 20 - said_until:.0f} ms")
-    print(f"               (end-of-turn hangover configured: {hangover} ms)")
+    print(f"               ({_turn_rule(server.config.session)})")
     return 0
+
+
+def _turn_rule(session: SessionConfig) -> str:
+    """How the demo's server ended the caller's turn, in words."""
+    if session.turn_taking == "vad":
+        return f"end of turn: {session.turn.hangover_ms} ms of silence"
+    first = session.end_of_turn.schedule[0].silence_ms if session.end_of_turn.schedule else 0
+    return (
+        f"end of turn: Smart Turn asked from {first} ms of silence, the turn ends by "
+        f"{session.end_of_turn.max_silence_ms} ms at the latest"
+    )

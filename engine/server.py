@@ -246,8 +246,9 @@ class VoiceServer:
             door = self.door = FrontDoor(
                 media, http, limits=config.http, max_connections=config.max_connections
             )
-            eager = config.session.turn_taking == "smart-turn"  # else loaded when a call asks
-            await nursery.start(partial(switchboard.smart_turn.run, eager=eager))
+            # Smart Turn loads when the first call that uses it starts (an echo server never
+            # pays its ~45 MB); until then, and if loading fails, turns end by the VAD rule.
+            await nursery.start(switchboard.smart_turn.run)
             nursery.start_soon(switchboard.monitor)
             door_scope = trio.CancelScope()
 

@@ -86,7 +86,7 @@ class Switchboard:
             threads=config.session.turn_threads, max_wait_s=config.session.turn_timeout
         )
         """Smart Turn for the calls that use it; run ``smart_turn.run`` in the server's nursery
-        (``eager`` when the server ends turns with it)."""
+        (it loads when the first call asks for it)."""
 
     # -- the webhook's side -------------------------------------------------------------------
 

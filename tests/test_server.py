@@ -94,8 +94,12 @@ async def test_twenty_concurrent_calls_each_hear_only_their_own_audio(serve) -> 
 
 async def test_barge_in_clears_within_two_frames_and_tells_the_stage(serve, tmp_path: Path) -> None:
     record_path = tmp_path / "events.jsonl"
-    server = serve("recording_stage:create", env={"RECORD_PATH": str(record_path)})
-    first = spoken(sentences()[3] + " " + sentences()[4])  # a long reply to interrupt
+    # Two sentences said as one turn (a long reply to interrupt): the VAD rule keeps them one
+    # turn, where Smart Turn may end the turn between them.
+    server = serve(
+        "recording_stage:create", env={"RECORD_PATH": str(record_path)}, args=["--turn", "vad"]
+    )
+    first = spoken(sentences()[3] + " " + sentences()[4])
     second = spoken(sentences()[5])
     async with open_inbound_call(server.url, server.auth_token) as call:
         await call.pause(0.2)

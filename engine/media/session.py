@@ -11,9 +11,10 @@ channel hop is paid only where a task may block (the stage) or must keep its own
 (playout, :mod:`engine.media.outbound`). What is measured of a call is measured from outside
 the loop (:mod:`engine.media.probe`).
 
-The turn detector is the plain VAD, or — with ``turn_taking="smart-turn"`` or a stage's own
-analyzer — the end-of-turn policy (:mod:`engine.media.turn.live`): the same events, but the
-turn ends when the analyzer says so. Its questions run as tasks of the call's nursery and the
+The turn detector is the end-of-turn policy — with ``turn_taking="smart-turn"`` (the default)
+or a stage's own analyzer — or, with ``turn_taking="vad"``, the plain VAD. The policy
+(:mod:`engine.media.turn.live`) gives the same events, but the turn ends when the analyzer
+says so. Its questions run as tasks of the call's nursery and the
 model in the process's worker threads (:class:`~engine.media.turn.live.SharedSmartTurn`);
 the reader only feeds the policy and picks up answers that have arrived.
 

@@ -149,7 +149,9 @@ def test_turn_taking_replay_and_live_are_well_formed_and_add_up(tmp_path: Path) 
     assert [n.noise for n in taking.replay_noise] == ["babble", "street", "fan"]
     assert all(n.seconds == 6.0 and n.false_barge_ins is None for n in taking.replay_noise)
 
-    server = start_server("bench.probe:create", cpu=None, log=tmp_path / "log", hangover_ms=800)
+    server = start_server(
+        "bench.probe:create", cpu=None, log=tmp_path / "log", hangover_ms=800, turn="vad"
+    )
     try:
         live(
             server,

@@ -135,7 +135,7 @@ async def test_smart_turn_waits_out_a_pause_inside_a_sentence_where_the_vad_at_3
     assert sample("voice_engine_turn_questions_total", outcome="answered") >= answered + 2
 
     stages.clear()
-    vad = SessionConfig(turn=TurnConfig(hangover_ms=300))
+    vad = SessionConfig(turn=TurnConfig(hangover_ms=300), turn_taking="vad")
     async with running_server(recording, vad) as (server, url):
         record, outcome = await one_call(url, server, sentence())
     (stage,) = stages
@@ -204,7 +204,7 @@ async def test_a_stage_that_asks_for_smart_turn_before_it_is_loaded_falls_back_a
     saturated = sample("voice_engine_turn_questions_total", outcome="saturated")
     make, stages = factory(SmartTurnStage)
     try:
-        async with running_server(make, SessionConfig(), shared) as (server, url):
+        async with running_server(make, SessionConfig(turn_taking="vad"), shared) as (server, url):
             _, result = await one_call(url, server, sentence())
     finally:
         loaded.set()
@@ -298,9 +298,10 @@ async def test_a_call_whose_analysis_is_slow_holds_up_no_frames_of_its_own_or_of
 # -- choosing -------------------------------------------------------------------------------------
 
 
-def test_serve_takes_turn_vad_or_smart_turn_and_vad_is_the_default() -> None:
+def test_serve_takes_turn_vad_or_smart_turn_and_smart_turn_is_the_default() -> None:
     parse = _parser().parse_args
-    assert parse(["serve"]).turn == SessionConfig().turn_taking == "vad"
+    assert parse(["serve"]).turn == SessionConfig().turn_taking == "smart-turn"
+    assert parse(["serve", "--turn", "vad"]).turn == "vad"
     args = parse(["serve", "--turn", "smart-turn", "--hangover-ms", "700", "--turn-threads", "2"])
     assert (args.turn, args.hangover_ms, args.turn_threads) == ("smart-turn", 700, 2)
     with pytest.raises(SystemExit):
@@ -322,3 +323,25 @@ def test_sentence_material_is_what_the_tests_assume() -> None:
     assert PAUSE[0] < first < PAUSE[1]
     rms = float(np.sqrt(np.mean(pcm[PAUSE[0] * 8 + 400 : PAUSE[1] * 8 - 400].astype(float) ** 2)))
     assert rms < 300  # a real pause
+
+
+async def test_the_default_server_loads_smart_turn_only_when_a_call_ends_turns_with_it() -> None:
+    loads: list[int] = []
+
+    def counted_load() -> ScoringModel:
+        loads.append(1)
+        return smart_turn_model()
+
+    shared = SharedSmartTurn(threads=1, max_wait_s=3.0, load=counted_load)
+    stages: list[Stage] = []
+
+    def make() -> Stage:  # an echo call first (no turns), then a turn-taking one
+        stages.append(Echo() if not stages else Recording())
+        return stages[-1]
+
+    async with running_server(make, SessionConfig(), shared) as (server, url):
+        _, echoed = await one_call(url, server, sentence()[:8000], then_s=0.5)
+        assert echoed.turns is None and loads == [] and shared.service is None
+        _, analysed = await one_call(url, server, sentence())
+        assert loads == [1] and shared.service is not None
+    assert analysed.turns is not None and analysed.turns.answered >= 1

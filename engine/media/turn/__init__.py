@@ -13,9 +13,9 @@
   loop runs (the plain VAD, or a turn-taker giving the same frames), the counters in
   ``/metrics``, and :class:`~engine.media.turn.live.SharedSmartTurn`, the process's model.
 
-In a served call it is all wired: ``voice-engine serve --turn smart-turn`` (or
-``SessionConfig(turn_taking="smart-turn")``; a stage may choose for its calls, see
-:mod:`engine.media.stage`). By hand::
+In a served call it is all wired, and the default (``voice-engine serve`` = ``--turn
+smart-turn``, ``SessionConfig(turn_taking="smart-turn")``; ``--turn vad`` for the silence rule
+alone; a stage may choose for its calls, see :mod:`engine.media.stage`). By hand::
 
     model = SmartTurnModel()                     # once per process (~0.3 s to load)
     async with open_scoring_service(model, threads=1, max_wait_s=0.8) as service:  # once
