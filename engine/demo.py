@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from typing import Literal
 
 import trio
 
@@ -42,11 +43,17 @@ class _Transcript(logging.Handler):
             self.lines.append((match.group(1), match.group(2)))
 
 
-async def run_demo(pipeline: str, sentence: str) -> int:
-    """Run the demo call; print the result; return the process exit code."""
+async def run_demo(
+    pipeline: str, sentence: str, turn: Literal["vad", "smart-turn"] | None = None
+) -> int:
+    """Run the demo call; print the result; return the process exit code. ``turn``: how the
+    caller's turn ends (``SessionConfig.turn_taking``; default the server's)."""
     token = secrets.token_urlsafe(24)
+    session = SessionConfig() if turn is None else SessionConfig(turn_taking=turn)
     server = VoiceServer(
-        ServerConfig(stage_factory=load_stage_factory(pipeline), auth_token=token, port=0)
+        ServerConfig(
+            stage_factory=load_stage_factory(pipeline), auth_token=token, port=0, session=session
+        )
     )
     transcript = _Transcript()
     # Pipelines log what was said at DEBUG only (call content); the demo shows it.

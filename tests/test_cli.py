@@ -99,6 +99,16 @@ def test_demo_runs_a_call_end_to_end_with_no_account(tmp_path: Path) -> None:
     assert any(line.startswith("engine reply") for line in result.stdout.splitlines())
     heard = next(line for line in result.stdout.splitlines() if line.startswith("caller heard:"))
     assert float(heard.split()[2]) > 1.0  # seconds of reply audio heard
+    assert "(end of turn: Smart Turn asked from 300 ms of silence" in result.stdout
+
+
+def test_demo_turn_vad_ends_the_turn_by_the_silence_rule() -> None:
+    result = run_cli("demo", "--pipeline", "turn-echo", "--turn", "vad", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(end of turn: 500 ms of silence)" in result.stdout
+    sent = next(line for line in result.stdout.splitlines() if line.startswith("turn latency:"))
+    # The reply leaves about one hangover after the end of speech (by frame energy).
+    assert 400 <= float(sent.split()[-2]) <= 900
 
 
 async def run_action_cli(
