@@ -185,6 +185,7 @@ def live_load(
         "by_model": count("decisions", "model"),
         "by_max_silence": count("decisions", "max_silence"),
         "by_fallback": count("decisions", "fallback"),
+        "by_unsure": count("decisions", "unsure"),
         "answered": count("questions", "answered"),
         "saturated": count("questions", "saturated"),
         "timed_out": count("questions", "timed_out"),

@@ -112,14 +112,15 @@ def markdown(eot: dict[str, Any]) -> list[str]:
             "measuring the media loop):",
             "",
             "| turn | talking calls | per pause | latency p50 / p99 ms | by model / max silence "
-            "/ fallback | echo round trip p50 / p99 ms | loop lag ms | server CPU |",
+            "/ fallback / unsure | echo round trip p50 / p99 ms | loop lag ms | server CPU |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in live:
             lines.append(
                 f"| {row['turn']} | {row['calls']} | {_share(row['premature_per_pause'])} | "
                 f"{_ms(row['latency_p50_ms'])} / {_ms(row['latency_p99_ms'])} | "
-                f"{row['by_model']} / {row['by_max_silence']} / {row['by_fallback']} | "
+                f"{row['by_model']} / {row['by_max_silence']} / {row['by_fallback']} / "
+                f"{row.get('by_unsure', 0)} | "
                 f"{row['echo_rtt_p50_ms']} / {row['echo_rtt_p99_ms']} | {row['loop_lag_ms']} | "
                 f"{row['server_cpu_share']:.0%} |"
             )

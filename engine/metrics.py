@@ -108,7 +108,7 @@ TURN_DECISIONS = Counter(
     "voice_engine_turn_decisions",
     "Ends of the caller's turn decided with an end-of-turn analyzer, by what decided them: model, "
     "max_silence, fallback (the analyzer failed, stalled or was saturated: the VAD rule), "
-    "max_turn.",
+    "unsure (the VAD rule, after turns in a row ran to max_silence), max_turn.",
     ["outcome"],
 )
 TURN_QUESTIONS = Counter(

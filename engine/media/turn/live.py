@@ -14,8 +14,9 @@
 
 Counted in :mod:`engine.metrics`: how each analysed turn ended
 (``voice_engine_turn_decisions_total{outcome}``: ``model``, ``max_silence``, ``fallback``,
-``max_turn``), what became of each question (``voice_engine_turn_questions_total{outcome}``:
-``answered``, ``saturated``, ``failed``, ``timed_out``) and how long answers took.
+``unsure``, ``max_turn``), what became of each question
+(``voice_engine_turn_questions_total{outcome}``: ``answered``, ``saturated``, ``failed``,
+``timed_out``) and how long answers took.
 """
 
 from __future__ import annotations

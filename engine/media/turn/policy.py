@@ -15,7 +15,10 @@ hangover (120 ms: every pause that long is a *candidate* end) and decides with a
   after the cues: the words so far (:func:`text_incomplete`: a transcript ending on "and",
   "of", "the" or a comma caps the probability) and, optionally, the final pitch movement
   (:mod:`engine.media.turn.prosody`);
-- whatever the analyzer says, ``max_silence_ms`` of silence ends the turn; a turn whose question
+- whatever the analyzer says, ``max_silence_ms`` of silence ends the turn; once
+  ``unsure_after`` turns in a row ran out that way (the analyzer never sure of this voice: a
+  synthetic caller, a line unlike its training), the rest of the call's turns also end by the
+  VAD rule (reason ``"unsure"``) unless the analyzer ends them sooner; a turn whose question
   failed (the analyzer raised or stalled: ``answer(id, None)``) falls back to the plain VAD rule
   for the rest of that turn: ``fallback_hangover_ms`` of silence, or, with ``vad_rule`` set, the
   engine's own detector at that tuning run alongside (the turn ends once that detector's turn
@@ -128,6 +131,11 @@ class PolicyConfig:
     """Final pitch rise (semitones over the last voiced 200 ms) that counts as a rise."""
     max_turn_ms: int = 60_000
     """A turn longer than this ends (memory bound)."""
+    unsure_after: int = 2
+    """After this many turns in a row ran to ``max_silence_ms`` (the analyzer never sure), the
+    rest of the call's turns also end by the VAD rule — the analyzer is still asked and may
+    end them sooner. A voice the model is never sure of is then answered as on the plain VAD
+    rather than after the limit every time. 0: never."""
 
     def __post_init__(self) -> None:
         silences = [r.silence_ms for r in self.schedule]
@@ -137,6 +145,8 @@ class PolicyConfig:
             raise ValueError("thresholds must lie in [0, 1]")
         if self.schedule and self.max_silence_ms < self.schedule[-1].silence_ms:
             raise ValueError("max_silence_ms must not come before the last rung")
+        if self.unsure_after < 0:
+            raise ValueError("unsure_after must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +173,8 @@ class EndOfTurn:
     """Media time (ms) of the decision."""
     reason: str
     """``"model"``, ``"max_silence"``, ``"vad"`` (no schedule), ``"fallback"`` (the analyzer
-    failed this turn) or ``"max_turn"``."""
+    failed this turn), ``"unsure"`` (the VAD rule, after ``unsure_after`` turns in a row ran
+    to the limit) or ``"max_turn"``."""
     probability: float | None = None
     """The answer that ended the turn (after the cues), when the analyzer ended it."""
     resumed: bool = False
@@ -198,6 +209,7 @@ class EndOfTurnPolicy:
         self._ids = 0
         self._transcript: str | None = None
         self._resumed = False
+        self._undecided = 0  # turns in a row that ran to max_silence_ms
         self.questions = 0
         """Questions asked so far."""
         self.fallback_turns = 0
@@ -296,12 +308,14 @@ class EndOfTurnPolicy:
             return ()
         silence = self._now - self._last_voiced_end
         if not config.schedule or self._fallback:
-            rule = self._rule
-            if silence >= config.fallback_hangover_ms if rule is None else not rule.speaking:
+            if self._vad_rule_ends(silence):
                 return (self._end("fallback" if self._fallback else "vad", None),)
             return ()
         if silence >= config.max_silence_ms:
             return (self._end("max_silence", None),)
+        unsure = config.unsure_after and self._undecided >= config.unsure_after
+        if unsure and self._vad_rule_ends(silence):
+            return (self._end("unsure", None),)
         rungs = config.schedule
         if self._next_rung < len(rungs) and silence >= rungs[self._next_rung].silence_ms:
             while self._next_rung < len(rungs) and silence >= rungs[self._next_rung].silence_ms:
@@ -309,6 +323,12 @@ class EndOfTurnPolicy:
             if self._pending is None:
                 return (self._ask(silence),)
         return ()
+
+    def _vad_rule_ends(self, silence: int) -> bool:
+        """Whether the VAD rule would end the turn now."""
+        if self._rule is None:
+            return silence >= self.config.fallback_hangover_ms
+        return not self._rule.speaking
 
     def _ask(self, silence: int) -> Question:
         self._ids += 1
@@ -356,6 +376,10 @@ class EndOfTurnPolicy:
             probability=probability,
             resumed=self._resumed,
         )
+        if reason == "max_silence":
+            self._undecided += 1
+        elif reason == "model" and self._undecided < config.unsure_after:
+            self._undecided = 0  # once unsure, the VAD rule stays the call's backstop
         self._in_turn = False
         self._pending = None
         self._turn = []

@@ -180,6 +180,8 @@ def test_config_is_checked() -> None:
         PolicyConfig(schedule=(Rung(200, 0.5),), max_silence_ms=100)
     with pytest.raises(ValueError, match="thresholds"):
         replace(PolicyConfig(), schedule=(Rung(200, 1.5),))
+    with pytest.raises(ValueError, match="unsure_after"):
+        PolicyConfig(unsure_after=-1)
 
 
 def _ends_when_every_question_fails(pcm: np.ndarray, config: PolicyConfig) -> list[int]:
@@ -222,3 +224,51 @@ def test_with_the_vad_rule_a_turn_that_falls_back_ends_as_on_the_plain_vad(
     assert _ends_when_every_question_fails(pcm, replace(config, vad_rule=rule)) == vad_ends
     # Without it, the fallback counts 500 ms of the segmenter's stricter silence.
     assert _ends_when_every_question_fails(pcm, config) == segmenter_ends
+
+
+def _turns(config: PolicyConfig, answers: list[float]) -> list[EndOfTurn]:
+    """The sentence said once per answer, 1.5 s of silence after each; every question of turn
+    k answered at once with ``answers[k]``."""
+    policy = EndOfTurnPolicy(config)
+    ends: list[EndOfTurn] = []
+    turn = np.concatenate((clip(SENTENCE), silence(1500)))
+    for k, frame in enumerate(frames(np.concatenate([turn] * len(answers)))):
+        pending = list(policy.feed(frame, 20 * k))
+        while pending:
+            event = pending.pop(0)
+            if isinstance(event, Question):
+                pending += policy.answer(event.id, answers[len(ends)])
+            elif isinstance(event, EndOfTurn):
+                ends.append(event)
+    return ends
+
+
+def test_a_voice_the_model_is_never_sure_of_falls_to_the_vad_rule_for_the_rest_of_the_call() -> (
+    None
+):
+    config = PolicyConfig(fallback_hangover_ms=500, max_silence_ms=1200)
+    ends = _turns(config, [0.1, 0.1, 0.1, 0.95, 0.1])
+    assert [e.reason for e in ends] == ["max_silence", "max_silence", "unsure", "model", "unsure"]
+    waited = [e.decided_at - e.speech_ended.timestamp for e in ends]
+    assert waited[:2] == [1200, 1200] and waited[2] == waited[4] == 500
+    assert waited[3] == 300  # the model still ends a turn sooner when it is sure
+
+
+@pytest.mark.parametrize(
+    ("unsure_after", "answers", "reasons"),
+    [
+        (0, [0.1] * 4, ["max_silence"] * 4),  # off
+        (1, [0.1, 0.1], ["max_silence", "unsure"]),
+        # a turn the model ends before the call is unsure starts the count again
+        (
+            2,
+            [0.1, 0.95, 0.1, 0.1, 0.1],
+            ["max_silence", "model", "max_silence", "max_silence", "unsure"],
+        ),
+    ],
+)
+def test_unsure_after_counts_turns_in_a_row_that_ran_to_the_limit(
+    unsure_after: int, answers: list[float], reasons: list[str]
+) -> None:
+    ends = _turns(PolicyConfig(unsure_after=unsure_after), answers)
+    assert [e.reason for e in ends] == reasons
