@@ -292,7 +292,7 @@ def _run_engine(args: argparse.Namespace, saved: list[Path]) -> int:
         )
         result["burst"] = {**asdict(run), "healthy": run.healthy}
     if turns:
-        _turns(result, args, progress, server_cpu=server_cpu, log=log)
+        _turns(result, args, progress, server_cpu=server_cpu, generator_cpu=generator_cpu, log=log)
     progress.close()
 
     (out / "results.json").write_text(json.dumps(result, indent=1))
@@ -316,6 +316,7 @@ def _turns(
     progress: _Progress,
     *,
     server_cpu: int,
+    generator_cpu: int,
     log: Path,
 ) -> None:
     clips = [speak_ulaw(s) for s in SENTENCES]
@@ -355,10 +356,12 @@ def _turns(
             finally:
                 server.stop()
     result["turn_taking"] = as_dict(taking)
-    result["end_of_turn"] = _end_of_turn(args, progress)
+    result["end_of_turn"] = _end_of_turn(args, progress, server_cpu, generator_cpu)
 
 
-def _end_of_turn(args: argparse.Namespace, progress: _Progress) -> dict[str, Any]:
+def _end_of_turn(
+    args: argparse.Namespace, progress: _Progress, server_cpu: int, generator_cpu: int
+) -> dict[str, Any]:
     """The end-of-turn rows (issue #12): VAD against Smart Turn on real speech, decisions under
     load, barge-in on noise; with ``--full`` also live, on a server with talking calls."""
     progress.step("end of turn: VAD and Smart Turn, replayed")
@@ -373,5 +376,7 @@ def _end_of_turn(args: argparse.Namespace, progress: _Progress) -> dict[str, Any
         for calls in LIVE_TURN_CALLS:
             for turn in ("vad", "smart-turn"):
                 progress.step(f"end of turn live: {turn}, {calls} talking calls")
-                out["live"] += [live_load(turn, calls)]
+                out["live"] += [
+                    live_load(turn, calls, server_cpu=server_cpu, generator_cpu=generator_cpu)
+                ]
     return out

@@ -80,9 +80,9 @@ async def _echo(url: str, token: str, audio: bytes, records: list[StreamRecord])
 
 
 async def _drive(
-    url: str, token: str, calls: int, echo_calls: int, seed: int
+    url: str, token: str, calls: int, echo_calls: int, seed: int, recordings: int | None
 ) -> tuple[list[tuple[PausedSpeech, list[float]]], list[StreamRecord]]:
-    speeches = real_speech()
+    speeches = real_speech()[:recordings]
     rng = np.random.default_rng(seed)
     decided: list[tuple[PausedSpeech, list[float]]] = []
     echoes: list[StreamRecord] = []
@@ -138,25 +138,37 @@ def live_load(
     threads: int | None = None,
     seed: int = 0,
     log: Path | None = None,
+    server_cpu: int | None = None,
+    generator_cpu: int | None = None,
+    recordings: int | None = None,
 ) -> dict[str, object]:
-    """One live run (see the module docstring); ``threads``: ``serve --turn-threads``."""
+    """One live run (see the module docstring); ``threads``: ``serve --turn-threads``;
+    ``recordings``: read only the first this many recordings (all five by default);
+    ``server_cpu`` / ``generator_cpu``: pin the server (its media loop and the model's threads)
+    and this process's callers to a core each, so that the echo round trip is the server's."""
     log = log or Path(tempfile.gettempdir()) / "end_of_turn_live.log"
     server: Server = start_server(
         "bench.probe:create",
-        cpu=None,
+        cpu=server_cpu,
         media_listener=False,
         log=log,
         hangover_ms=500,
         turn=turn,
         extra=["--max-calls", "unlimited"] + (["--turn-threads", str(threads)] if threads else []),
     )
+    affinity = os.sched_getaffinity(0)
     try:
+        if generator_cpu is not None:
+            os.sched_setaffinity(0, {generator_cpu})
         cpu_before, started = cpu_seconds(server.process.pid), time.perf_counter()
-        decided, echoes = trio.run(_drive, server.url, server.auth_token, calls, echo_calls, seed)
+        decided, echoes = trio.run(
+            _drive, server.url, server.auth_token, calls, echo_calls, seed, recordings
+        )
         elapsed = time.perf_counter() - started
-        server_cpu = cpu_seconds(server.process.pid) - cpu_before
+        server_seconds = cpu_seconds(server.process.pid) - cpu_before
         samples = scrape(server.url)
     finally:
+        os.sched_setaffinity(0, affinity)
         server.stop()
     pauses = premature = missed = decisions = 0
     latency: list[float] = []
@@ -176,6 +188,8 @@ def live_load(
         "turn": turn,
         "calls": calls,
         "threads": threads,
+        "server_cpu": server_cpu,
+        "generator_cpu": generator_cpu,
         "pauses": pauses,
         "premature": premature,
         "premature_per_pause": round(premature / pauses, 3) if pauses else None,
@@ -195,7 +209,7 @@ def live_load(
         "loop_lag_ms": round(samples.get("voice_engine_event_loop_lag_seconds", 0.0) * 1000, 2),
         "echo_rtt_p50_ms": _round(percentile(trips, 50)),
         "echo_rtt_p99_ms": _round(percentile(trips, 99)),
-        "server_cpu_share": round(server_cpu / elapsed, 2),
+        "server_cpu_share": round(server_seconds / elapsed, 2),
         "load_average": round(os.getloadavg()[0], 2),
     }
 
@@ -211,10 +225,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--turn", nargs="+", default=["vad", "smart-turn"])
     parser.add_argument("--echo-calls", type=int, default=4)
     parser.add_argument("--threads", type=int, help="serve --turn-threads (smart-turn)")
+    parser.add_argument("--server-cpu", type=int, help="pin the server to this core")
+    parser.add_argument("--generator-cpu", type=int, help="pin the callers to this core")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     rows = [
-        live_load(turn, calls, echo_calls=args.echo_calls, threads=args.threads)
+        live_load(
+            turn,
+            calls,
+            echo_calls=args.echo_calls,
+            threads=args.threads,
+            server_cpu=args.server_cpu,
+            generator_cpu=args.generator_cpu,
+        )
         for calls in args.calls
         for turn in args.turn
     ]
