@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 import trio
 
-from bench.material import NOISES, TRUTH_THRESHOLD, frame_rms, speech_level
+from bench.material import NOISES, TRUTH_THRESHOLD, active_level, frame_rms, speech_level
 from bench.turn_material import Speech, decode
 from bench.turn_taking import percentile
 from engine.media.codec import ulaw_decode
@@ -223,17 +223,10 @@ def _over_noise(pcm: PCM, noise: PCM) -> PCM:
     """``pcm`` with ``noise`` mixed in ``NOISY_CALLER_SNR_DB`` below its active level, the noise
     starting ``_NOISE_LEAD_MS`` before it (repeated if it is shorter than that)."""
     lead = _NOISE_LEAD_MS * 8
-    gain = 10 ** (-NOISY_CALLER_SNR_DB / 20) * speech_level_pcm(pcm) / speech_level_pcm(noise)
+    gain = 10 ** (-NOISY_CALLER_SNR_DB / 20) * active_level(pcm) / (active_level(noise) or 1.0)
     mixed = np.resize(noise, lead + len(pcm)).astype(np.float64) * gain
     mixed[lead:] += pcm
     return np.clip(mixed, -32768, 32767).astype(np.int16)
-
-
-def speech_level_pcm(pcm: PCM) -> float:
-    """The RMS of the frames above the truth threshold (the active level)."""
-    rms = frame_rms(pcm)
-    active = rms[rms > TRUTH_THRESHOLD]
-    return float(np.sqrt(np.mean(active**2))) if len(active) else 1.0
 
 
 def barge_in(

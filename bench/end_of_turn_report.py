@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.report_sections import ms
+
 __all__ = ["GOALS", "figures", "markdown", "plot"]
 
 GOALS = {"premature_per_pause": 0.05, "latency_p50_ms": 400, "false_barge_ins_per_min": 1.0}
@@ -34,10 +36,6 @@ NOISES = ("babble", "street", "fan")
 
 def _share(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{value:.0f}"  # None or NaN
 
 
 def markdown(eot: dict[str, Any]) -> list[str]:
@@ -60,7 +58,7 @@ def markdown(eot: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {row['config']} | {row['material']} | {row['pauses']} | {row['premature']} | "
             f"{_share(row['premature_per_pause'])} | {row['missed']} | "
-            f"{_ms(row['latency_p50_ms'])} | {_ms(row['latency_p99_ms'])} |"
+            f"{ms(row['latency_p50_ms'], 0)} | {ms(row['latency_p99_ms'], 0)} |"
         )
     decisions = eot.get("decisions") or []
     if decisions:
@@ -76,7 +74,7 @@ def markdown(eot: dict[str, Any]) -> list[str]:
         for row in decisions:
             lines.append(
                 f"| {row['calls']} | {row['threads']} | {row['decided_per_s_per_core']} | "
-                f"{_ms(row['latency_p50_ms'])} | {_ms(row['latency_p99_ms'])} | "
+                f"{ms(row['latency_p50_ms'], 0)} | {ms(row['latency_p99_ms'], 0)} | "
                 f"{_share(row['fallback_share'])} |"
             )
     noise = eot.get("barge_in_noise") or []
@@ -94,7 +92,7 @@ def markdown(eot: dict[str, Any]) -> list[str]:
         ]
         for row in noise:
             onsets = [
-                f"{_ms(row.get(f'{k}_onset_p50_ms'))} / {_ms(row.get(f'{k}_onset_max_ms'))}"
+                f"{ms(row.get(f'{k}_onset_p50_ms'), 0)} / {ms(row.get(f'{k}_onset_max_ms'), 0)}"
                 for k in ("real", "synthetic", "over_babble", "over_street")
             ]
             lines.append(
@@ -118,7 +116,7 @@ def markdown(eot: dict[str, Any]) -> list[str]:
         for row in live:
             lines.append(
                 f"| {row['turn']} | {row['calls']} | {_share(row['premature_per_pause'])} | "
-                f"{_ms(row['latency_p50_ms'])} / {_ms(row['latency_p99_ms'])} | "
+                f"{ms(row['latency_p50_ms'], 0)} / {ms(row['latency_p99_ms'], 0)} | "
                 f"{row['by_model']} / {row['by_max_silence']} / {row['by_fallback']} / "
                 f"{row.get('by_unsure', 0)} | "
                 f"{row['echo_rtt_p50_ms']} / {row['echo_rtt_p99_ms']} | {row['loop_lag_ms']} | "
@@ -189,7 +187,7 @@ def plot(eot: dict[str, Any], folder: Path) -> Path | None:
             )
         right.set_xticks([i + width for i in range(len(noise))])
         right.set_xticklabels(
-            [f"{r['variant']}\nonset p50 {_ms(r.get('real_onset_p50_ms'))} ms" for r in noise],
+            [f"{r['variant']}\nonset p50 {ms(r.get('real_onset_p50_ms'), 0)} ms" for r in noise],
             fontsize=7,
             rotation=20,
             ha="right",

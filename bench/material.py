@@ -33,6 +33,7 @@ __all__ = [
     "NOISES",
     "PHRASED_SENTENCES",
     "PausedSpeech",
+    "active_level",
     "babble",
     "fan",
     "frame_rms",
@@ -96,7 +97,12 @@ def frame_rms(pcm: npt.NDArray[np.int16] | Floats) -> Floats:
 
 def speech_level(ulaw: bytes) -> float:
     """The active speech level of ``ulaw``: RMS over its frames above the truth threshold."""
-    pcm = ulaw_decode(ulaw).astype(np.float64)
+    return active_level(ulaw_decode(ulaw))
+
+
+def active_level(pcm: npt.NDArray[np.int16]) -> float:
+    """:func:`speech_level` of 8 kHz samples (0.0 when no frame is above the threshold)."""
+    pcm = pcm.astype(np.float64)
     rms = frame_rms(pcm)
     active = rms > TRUTH_THRESHOLD
     if not active.any():

@@ -19,13 +19,12 @@ A stage that needs full control (streaming a reply while listening for barge-in)
 call ends, ``run`` is cancelled. An exception in a stage ends its own call, never the server.
 
 **End of turn.** How a caller's turn ends is the server's choice (``serve --turn vad|smart-turn``,
-``SessionConfig.turn_taking``): ``smart-turn`` (the default)
-asks Smart Turn v3 at each pause whether the caller has finished (:mod:`engine.media.turn`),
-falling back to the VAD rule when the model is slow, failing or saturated; ``vad`` ends it after
-``--hangover-ms`` of silence. Either way the stage
-receives the same frames (``SpeechStarted``, then ``Utterance`` and ``SpeechEnded``). A stage can
-decide for its own calls — set ``turn_taking``, or return an analyzer of its own from
-:meth:`Stage.turn_analyzer`::
+``SessionConfig.turn_taking``): ``smart-turn`` (the default) asks Smart Turn v3 at each pause
+whether the caller has finished (:mod:`engine.media.turn`), falling back to the VAD rule when the
+model is slow, failing or saturated; ``vad`` ends it after ``--hangover-ms`` of silence. Either
+way the stage receives the same frames (``SpeechStarted``, then ``Utterance`` and
+``SpeechEnded``). A stage can decide for its own calls — set ``turn_taking``, or return an
+analyzer of its own from :meth:`Stage.turn_analyzer`::
 
     from engine.media.turn import Question
 

@@ -11,8 +11,8 @@ import pytest
 
 from bench import end_of_turn_report
 from bench.end_of_turn import analyzer_rows, decision_load_rows
-from bench.end_of_turn_load import NOISY_CALLER_SNR_DB, _over_noise, barge_in, speech_level_pcm
-from bench.material import babble
+from bench.end_of_turn_load import NOISY_CALLER_SNR_DB, _over_noise, barge_in
+from bench.material import active_level, babble
 from bench.report import figures, write_markdown, write_plots
 from bench.turn_material import decode, real_speech
 from engine.media.codec import ulaw_decode
@@ -71,7 +71,7 @@ def test_a_noisy_caller_speaks_ten_db_over_the_noise_which_runs_first() -> None:
     lead = len(mixed) - len(pcm)
     assert lead == 5000 * 8
     noise_part = mixed[:lead]
-    ratio_db = 20 * np.log10(speech_level_pcm(pcm) / speech_level_pcm(noise_part))
+    ratio_db = 20 * np.log10(active_level(pcm) / active_level(noise_part))
     assert abs(ratio_db - NOISY_CALLER_SNR_DB) < 1.5
 
 

@@ -9,8 +9,8 @@
   policy's (the VAD and a few comparisons); questions go to the analyzer from tasks of the
   call's nursery, and answers are applied on the next frame.
 - :class:`SharedSmartTurn` is the process's Smart Turn v3: one model and one bounded
-  :class:`~engine.media.turn.service.ScoringService` for every call that uses it, loaded at
-  start (``eager``) or when a call first asks for it.
+  :class:`~engine.media.turn.service.ScoringService` for every call that uses it, loaded
+  when a call first asks for it.
 
 Counted in :mod:`engine.metrics`: how each analysed turn ended
 (``voice_engine_turn_decisions_total{outcome}``: ``model``, ``max_silence``, ``fallback``,
@@ -29,7 +29,6 @@ from time import perf_counter
 import numpy as np
 import trio
 
-from engine.errors import ConfigError
 from engine.media.frames import PCM, SpeechStarted
 from engine.media.turn.analyzer import TurnAnalyzer, TurnTaker
 from engine.media.turn.policy import FRAME_MS, EndOfTurn, PolicyConfig, PolicyEvent, Question
@@ -144,8 +143,8 @@ def _load_smart_turn() -> ScoringModel:
 class SharedSmartTurn:
     """The process's Smart Turn v3, shared by every call that uses it (an analyzer itself).
 
-    Run :meth:`run` in the server's nursery. It loads the model (~0.5 s, in a thread) at start
-    when ``eager``, else when a call first asks for :meth:`analyzer`; times two inferences;
+    Run :meth:`run` in the server's nursery. It loads the model (~0.5 s, in a thread) when a
+    call first asks for :meth:`analyzer`; times two inferences;
     then serves questions through a :class:`ScoringService` of ``threads`` worker threads
     (default: the cores but one, which is the media loop's) that refuses at once what it could
     not answer within ``max_wait_s``. Until the model is loaded, or if loading failed, questions
@@ -184,20 +183,15 @@ class SharedSmartTurn:
         """The service's counters, once it runs."""
         return self.service.statistics() if self.service is not None else None
 
-    async def run(
-        self, *, eager: bool = False, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Load the model when first wanted (before reporting started, if ``eager``: a load
-        failure then raises) and serve questions until cancelled."""
-        if not eager:
-            task_status.started()
-            await self._wanted.wait()
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the model when first wanted and serve questions until cancelled (a load failure
+        is logged; every turn then ends by the VAD rule)."""
+        task_status.started()
+        await self._wanted.wait()
         try:
             model = await trio.to_thread.run_sync(self._load, abandon_on_cancel=True)
             window_s = await trio.to_thread.run_sync(_time_inference, model, abandon_on_cancel=True)
-        except Exception as exc:
-            if eager:
-                raise ConfigError(f"could not load Smart Turn: {exc}") from exc
+        except Exception:
             log.exception("could not load Smart Turn: every turn ends by the VAD rule")
             return
         log.info(
@@ -213,8 +207,6 @@ class SharedSmartTurn:
             window_s=window_s,
         ) as service:
             self.service = service
-            if eager:
-                task_status.started()
             try:
                 await trio.sleep_forever()
             finally:

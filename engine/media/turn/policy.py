@@ -313,8 +313,7 @@ class EndOfTurnPolicy:
             return ()
         if silence >= config.max_silence_ms:
             return (self._end("max_silence", None),)
-        unsure = config.unsure_after and self._undecided >= config.unsure_after
-        if unsure and self._vad_rule_ends(silence):
+        if 0 < config.unsure_after <= self._undecided and self._vad_rule_ends(silence):
             return (self._end("unsure", None),)
         rungs = config.schedule
         if self._next_rung < len(rungs) and silence >= rungs[self._next_rung].silence_ms:
